@@ -41,5 +41,6 @@ class JobFailed(TallyError):
 
 
 ERROR_TYPES: dict[str, type[TallyError]] = {
-    cls.__name__: cls for cls in (TallyError, ConfigError, ProtocolError, AuthError, PartitionError, JobFailed)
+    cls.__name__: cls
+    for cls in (TallyError, ConfigError, ProtocolError, AuthError, PartitionError, JobFailed)
 }

@@ -57,7 +57,7 @@ def iter_lines(
 
 
 def domain_of(line: bytes) -> bytes | None:
-    """The domain of one line (``\\n`` already removed), ``b""`` for blank, ``None`` if malformed."""
+    """The domain of a line without its ``\\n``: ``b""`` if blank, ``None`` if malformed."""
     if line.endswith(b"\r"):
         line = line[:-1]
     if not line:

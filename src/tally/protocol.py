@@ -1,0 +1,190 @@
+"""Every message between coordinator and worker: typed, versioned, tagged MessagePack.
+
+A frame on the wire is a 4-byte big-endian payload length followed by the payload, one
+MessagePack-encoded message whose ``type`` field names its class. See docs/protocol.md for
+the handshake and the order in which messages flow.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Literal
+
+import msgspec
+
+from tally.errors import ERROR_TYPES, ProtocolError, TallyError
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">I")
+MAX_FRAME = 256 << 20  # after the handshake: partials of --all over a big partition are large
+MAX_HANDSHAKE_FRAME = 64 << 10  # before it: an unauthenticated peer gets little memory
+
+
+class Message(msgspec.Struct, tag_field="type", array_like=False, omit_defaults=True):
+    """Base of all messages."""
+
+
+# --- handshake -------------------------------------------------------------------------------
+
+
+class Challenge(Message, tag="challenge"):
+    """Coordinator -> worker, first frame: who I am and a fresh nonce to prove the token with."""
+
+    version: int
+    nonce: bytes
+
+
+class Hello(Message, tag="hello"):
+    """Worker -> coordinator: my proof of the token over both nonces, and my own nonce."""
+
+    version: int
+    nonce: bytes
+    proof: bytes
+    name: str
+    slots: int  # how many tasks the worker takes at once (running + prefetched)
+
+
+class Welcome(Message, tag="welcome"):
+    """Coordinator -> worker: accepted; the coordinator's proof, and the job to work on."""
+
+    proof: bytes
+    worker_id: int
+    job_id: str
+    query: QuerySpec
+    heartbeat_s: float
+    record_limit: int
+
+
+class Refused(Message, tag="refused"):
+    """Either side -> peer, then close: why the connection is not accepted."""
+
+    reason: str
+
+
+# --- the job ---------------------------------------------------------------------------------
+
+
+class QuerySpec(msgspec.Struct, frozen=True):
+    """What each partition computes. ``kind`` is ``domain``, ``top`` or ``all``."""
+
+    kind: Literal["domain", "top", "all"] = "top"
+    domain: bytes | None = None  # for kind == "domain"
+    k: int = 25  # for kind == "top"
+
+
+class Assign(Message, tag="assign"):
+    """Coordinator -> worker: run this attempt of this partition."""
+
+    attempt: int
+    partition: int
+    url: str
+
+
+class Cancel(Message, tag="cancel"):
+    """Coordinator -> worker: that attempt is no longer wanted (another one won)."""
+
+    attempt: int
+
+
+class Shutdown(Message, tag="shutdown"):
+    """Coordinator -> worker: the job is over; leave with exit status 0."""
+
+    reason: str
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    """Worker -> coordinator, every ``heartbeat_s``: still alive."""
+
+    seq: int
+
+
+class Partial(msgspec.Struct):
+    """A partition's partial result in a compact form: keys are concatenated in ``keys``
+    with ``ends`` (little-endian uint32 offsets), counts in ``counts`` (little-endian int64)."""
+
+    keys: bytes
+    ends: bytes
+    counts: bytes
+    lines: int
+    malformed: int
+
+
+class Result(Message, tag="result"):
+    """Worker -> coordinator: an attempt finished; its partial and what it cost."""
+
+    attempt: int
+    job_id: str
+    partial: Partial
+    bytes_read: int
+    busy_s: float
+
+
+class ErrorInfo(msgspec.Struct):
+    """An error as data: its type name, message and whether another attempt may succeed."""
+
+    type: str
+    message: str
+    retryable: bool
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        if isinstance(exc, TallyError):
+            return cls(type(exc).__name__, exc.message, exc.retryable)
+        return cls(type(exc).__name__, str(exc) or repr(exc), True)
+
+    def to_exception(self) -> TallyError:
+        return ERROR_TYPES.get(self.type, TallyError)(
+            f"{self.type}: {self.message}", retryable=self.retryable
+        )
+
+
+class Failed(Message, tag="failed"):
+    """Worker -> coordinator: an attempt failed."""
+
+    attempt: int
+    job_id: str
+    error: ErrorInfo
+
+
+class Leaving(Message, tag="leaving"):
+    """Worker -> coordinator: I am stopping; these attempts go back unfinished."""
+
+    returned: list[int]
+
+
+AnyMessage = (
+    Challenge
+    | Hello
+    | Welcome
+    | Refused
+    | Assign
+    | Cancel
+    | Shutdown
+    | Heartbeat
+    | Result
+    | Failed
+    | Leaving
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def encode(message: Message) -> bytes:
+    """One whole frame: length header + payload."""
+    payload = _encoder.encode(message)
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> AnyMessage:
+    """A message from a frame's payload; ProtocolError if it is not one."""
+    try:
+        message: AnyMessage = _decoder.decode(payload)
+        return message
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"undecodable frame: {exc}") from exc
+
+
+def check_length(length: int, limit: int) -> None:
+    if length > limit:
+        raise ProtocolError(f"oversized frame: {length} bytes, limit {limit}")

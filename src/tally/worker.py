@@ -1,0 +1,220 @@
+"""The worker's asyncio shell: connect, heartbeat, take assigned partitions, send partials.
+
+The event loop thread does all the I/O, heartbeats included; partitions are computed on a
+separate thread, so a long computation never silences the heartbeat. If the connection
+drops mid-job, the worker reconnects (with backoff) and first delivers the results it could
+not send: the coordinator commits them if still wanted and drops them otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tally import protocol as p
+from tally.errors import AuthError, ProtocolError
+from tally.kernels import DomainCounts
+from tally.net import Connection, connect_with_backoff, offer_handshake
+from tally.queries import pack
+from tally.storage import open_partition
+
+log = logging.getLogger("tally.worker")
+Kernel = Callable[..., DomainCounts]
+
+
+@dataclass
+class WorkerConfig:
+    host: str
+    port: int
+    token: bytes = b""
+    slots: int = 2  # tasks held at once: one computing, the rest prefetched
+    connect_timeout_s: float = 60.0
+    kernel: str = "auto"
+    task_delay_s: float = 0.0  # fault injection: extra seconds per task (a slow machine)
+    slowdown: float = 1.0  # fault injection: every task takes this many times longer
+
+
+def load_kernel(name: str) -> Kernel:
+    """``reference`` (plain Python), ``fast`` (columnar) or ``auto`` (fast when installed)."""
+    if name in ("fast", "auto"):
+        try:
+            from tally.kernels.fast import count_domains as fast
+
+            kernel: Kernel = fast
+            return kernel
+        except ImportError:
+            if name == "fast":
+                raise
+    from tally.kernels.reference import count_domains
+
+    return count_domains
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.kernel: Kernel | None = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="tally-compute")
+        self.conn: Connection | None = None
+        self.welcome: p.Welcome | None = None
+        self.queue: asyncio.Queue[p.Assign] = asyncio.Queue()
+        self.cancelled: set[int] = set()
+        self.current: p.Assign | None = None
+        self.outbox: list[p.Result | p.Failed] = []  # finished while disconnected
+        self.done = asyncio.Event()
+        self.exit_code = 0
+        self.tasks_done = 0
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._leave)
+        computing = asyncio.create_task(self._compute_loop())
+        try:
+            while not self.done.is_set():
+                try:
+                    await self._session()
+                except (AuthError, ConnectionRefusedError) as exc:
+                    log.error("%s", exc)
+                    self.exit_code = 1
+                    break
+                except (EOFError, ConnectionError, OSError, ProtocolError, TimeoutError) as exc:
+                    if self.done.is_set():
+                        break
+                    log.warning("connection to coordinator lost (%s); reconnecting", exc)
+                    self.conn = None
+                    self._drop_prefetched()
+        finally:
+            computing.cancel()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        return self.exit_code
+
+    async def _session(self) -> None:
+        cfg = self.config
+        conn = await connect_with_backoff(cfg.host, cfg.port, cfg.connect_timeout_s)
+        try:
+            welcome = await offer_handshake(conn, cfg.token, self.name, cfg.slots)
+            if self.welcome is not None and self.welcome.job_id != welcome.job_id:
+                self.outbox.clear()  # results of an earlier job mean nothing to this one
+            self.welcome, self.conn = welcome, conn
+            log.info("joined job %s as worker %d", welcome.job_id, welcome.worker_id)
+            if self.kernel is None:
+                self.kernel = load_kernel(cfg.kernel)
+            for message in self.outbox:
+                conn.send(message)
+            self.outbox.clear()
+            heartbeat = asyncio.create_task(self._heartbeat(conn, welcome.heartbeat_s))
+            try:
+                await self._read(conn)
+            finally:
+                heartbeat.cancel()
+        finally:
+            self.conn = None
+            await conn.close()
+
+    async def _read(self, conn: Connection) -> None:
+        while True:
+            msg = await conn.receive()
+            match msg:
+                case p.Assign():
+                    self.queue.put_nowait(msg)
+                case p.Cancel():
+                    self.cancelled.add(msg.attempt)
+                case p.Shutdown():
+                    log.info("coordinator: %s; %d task(s) done", msg.reason, self.tasks_done)
+                    self.done.set()
+                    return
+                case p.Refused():
+                    raise ProtocolError(f"coordinator refused: {msg.reason}")
+                case _:
+                    raise ProtocolError(f"unexpected {type(msg).__name__} from the coordinator")
+
+    async def _heartbeat(self, conn: Connection, interval: float) -> None:
+        seq = 0
+        while True:
+            await asyncio.sleep(interval)
+            seq += 1
+            conn.send(p.Heartbeat(seq))
+
+    async def _compute_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            assign = await self.queue.get()
+            if assign.attempt in self.cancelled:
+                continue
+            welcome = self.welcome
+            assert welcome is not None and self.kernel is not None
+            self.current = assign
+            message = await loop.run_in_executor(
+                self.executor, self._compute, assign, welcome, self.kernel
+            )
+            self.current = None
+            self.tasks_done += 1
+            if assign.attempt in self.cancelled:
+                self.cancelled.discard(assign.attempt)
+                continue
+            if self.conn is not None and not self.conn.writer.is_closing():
+                self.conn.send(message)
+            else:
+                self.outbox.append(message)
+
+    def _compute(self, assign: p.Assign, welcome: p.Welcome, kernel: Kernel) -> p.Result | p.Failed:
+        started = time.perf_counter()
+        try:
+            query = welcome.query
+            with open_partition(assign.url) as stream:
+                counts = kernel(
+                    stream,
+                    only=query.domain if query.kind == "domain" else None,
+                    record_limit=welcome.record_limit,
+                )
+            self._inject_delay(time.perf_counter() - started)
+            return p.Result(
+                assign.attempt,
+                welcome.job_id,
+                pack(counts),
+                counts.bytes_read,
+                time.perf_counter() - started,
+            )
+        except Exception as exc:  # any failure of a partition is data for the coordinator
+            return p.Failed(assign.attempt, welcome.job_id, p.ErrorInfo.from_exception(exc))
+
+    def _inject_delay(self, elapsed: float) -> None:
+        extra = self.config.task_delay_s + (self.config.slowdown - 1.0) * elapsed
+        if extra > 0:
+            time.sleep(extra)
+
+    def _drop_prefetched(self) -> None:
+        """After losing the coordinator, prefetched tasks were re-queued there: forget them."""
+        self._drain_queue()
+
+    def _leave(self) -> None:
+        """SIGTERM: hand back every unfinished attempt and stop."""
+        returned = [a.attempt for a in self._drain_queue()]
+        if self.current is not None:
+            returned.append(self.current.attempt)
+        log.info("SIGTERM: leaving, returning %d attempt(s)", len(returned))
+        if self.conn is not None:
+            self.conn.send(p.Leaving(returned))
+        self.done.set()
+        asyncio.get_running_loop().create_task(self._close_after_leaving())
+
+    def _drain_queue(self) -> list[p.Assign]:
+        items = []
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return items
+
+    async def _close_after_leaving(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(self.conn.drain(), 2.0)
+            await self.conn.close()
