@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="tasks held at once, the running one included (default 2)",
     )
-    work.add_argument("--kernel", choices=("auto", "fast", "reference"), default="auto")
+    work.add_argument(
+        "--kernel",
+        choices=("auto", "fast", "reference"),
+        default=os.environ.get("TALLY_KERNEL", "auto"),
+        help="partition kernel (default: TALLY_KERNEL or auto: fast when installed)",
+    )
     work.add_argument(
         "--connect-timeout",
         type=_positive_float,
@@ -159,7 +164,9 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
-        format=f"tally {args.command}[{os.getpid()}] %(levelname)s %(message)s",
+        format=f"%(asctime)s.%(msecs)03d tally {args.command}[{os.getpid()}] "
+        "%(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
     )
 
 

@@ -129,6 +129,7 @@ class Coordinator:
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
         if self._finished.is_set():
+            conn.send(p.Shutdown("job complete"))
             await conn.close()
             return
         try:
@@ -157,7 +158,8 @@ class Coordinator:
             await conn.refuse(str(exc))
         if self._finished.is_set():
             return  # the shutdown closes every connection
-        self.conns.pop(worker, None)
+        if self.conns.pop(worker, None) is not None:
+            log.warning("worker %d lost: %s", worker, reason)
         await conn.close()
         self._apply(self.scheduler.handle(s.WorkerLost(worker, self._now(), reason)))
 

@@ -30,6 +30,7 @@ from tally.protocol import (
     Hello,
     Message,
     Refused,
+    Shutdown,
     Welcome,
     check_length,
     decode,
@@ -66,6 +67,11 @@ class Connection:
         except asyncio.IncompleteReadError as exc:
             raise EOFError("connection closed inside a frame") from exc
         return decode(payload)
+
+    @property
+    def usable(self) -> bool:
+        """False once either side closed: a frame written now would be lost."""
+        return not (self.writer.is_closing() or self.reader.at_eof())
 
     def send(self, message: Message) -> None:
         """Queue a message for sending (asyncio writes it out in the background)."""
@@ -117,9 +123,14 @@ async def accept_handshake(
     return hello, welcome
 
 
-async def offer_handshake(conn: Connection, token: bytes, name: str, slots: int) -> Welcome:
-    """Worker side: answer the challenge and check the coordinator's proof."""
+async def offer_handshake(
+    conn: Connection, token: bytes, name: str, slots: int
+) -> Welcome | Shutdown:
+    """Worker side: answer the challenge and check the coordinator's proof. A coordinator
+    whose job is already over answers Shutdown instead of a challenge."""
     challenge = await asyncio.wait_for(conn.receive(MAX_HANDSHAKE_FRAME), HANDSHAKE_TIMEOUT_S)
+    if isinstance(challenge, Shutdown):
+        return challenge
     if not isinstance(challenge, Challenge):
         raise ProtocolError(f"expected challenge, got {type(challenge).__name__}")
     if challenge.version != PROTOCOL_VERSION:

@@ -66,7 +66,8 @@ class Worker:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="tally-compute")
         self.conn: Connection | None = None
         self.welcome: p.Welcome | None = None
-        self.queue: asyncio.Queue[p.Assign] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[int, p.Assign]] = asyncio.Queue()  # (session, task)
+        self.session = 0  # counts connections; tasks of an earlier one were re-queued there
         self.cancelled: set[int] = set()
         self.current: p.Assign | None = None
         self.outbox: list[p.Result | p.Failed] = []  # finished while disconnected
@@ -77,6 +78,7 @@ class Worker:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._leave)
+        self.kernel = load_kernel(self.config.kernel)  # before joining: a joined worker is ready
         computing = asyncio.create_task(self._compute_loop())
         try:
             while not self.done.is_set():
@@ -91,7 +93,6 @@ class Worker:
                         break
                     log.warning("connection to coordinator lost (%s); reconnecting", exc)
                     self.conn = None
-                    self._drop_prefetched()
         finally:
             computing.cancel()
             self.executor.shutdown(wait=False, cancel_futures=True)
@@ -102,12 +103,15 @@ class Worker:
         conn = await connect_with_backoff(cfg.host, cfg.port, cfg.connect_timeout_s)
         try:
             welcome = await offer_handshake(conn, cfg.token, self.name, cfg.slots)
+            if isinstance(welcome, p.Shutdown):
+                log.info("coordinator: %s", welcome.reason)
+                self.done.set()
+                return
             if self.welcome is not None and self.welcome.job_id != welcome.job_id:
                 self.outbox.clear()  # results of an earlier job mean nothing to this one
             self.welcome, self.conn = welcome, conn
+            self.session += 1
             log.info("joined job %s as worker %d", welcome.job_id, welcome.worker_id)
-            if self.kernel is None:
-                self.kernel = load_kernel(cfg.kernel)
             for message in self.outbox:
                 conn.send(message)
             self.outbox.clear()
@@ -125,7 +129,7 @@ class Worker:
             msg = await conn.receive()
             match msg:
                 case p.Assign():
-                    self.queue.put_nowait(msg)
+                    self.queue.put_nowait((self.session, msg))
                 case p.Cancel():
                     self.cancelled.add(msg.attempt)
                 case p.Shutdown():
@@ -147,8 +151,8 @@ class Worker:
     async def _compute_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            assign = await self.queue.get()
-            if assign.attempt in self.cancelled:
+            session, assign = await self.queue.get()
+            if assign.attempt in self.cancelled or session != self.session or not self._live():
                 continue
             welcome = self.welcome
             assert welcome is not None and self.kernel is not None
@@ -161,10 +165,16 @@ class Worker:
             if assign.attempt in self.cancelled:
                 self.cancelled.discard(assign.attempt)
                 continue
-            if self.conn is not None and not self.conn.writer.is_closing():
-                self.conn.send(message)
+            await asyncio.sleep(0)  # notice a connection that died meanwhile before writing to it
+            conn = self._live()
+            if conn is not None:
+                conn.send(message)
             else:
                 self.outbox.append(message)
+
+    def _live(self) -> Connection | None:
+        conn = self.conn
+        return conn if conn is not None and conn.usable else None
 
     def _compute(self, assign: p.Assign, welcome: p.Welcome, kernel: Kernel) -> p.Result | p.Failed:
         started = time.perf_counter()
@@ -192,13 +202,9 @@ class Worker:
         if extra > 0:
             time.sleep(extra)
 
-    def _drop_prefetched(self) -> None:
-        """After losing the coordinator, prefetched tasks were re-queued there: forget them."""
-        self._drain_queue()
-
     def _leave(self) -> None:
         """SIGTERM: hand back every unfinished attempt and stop."""
-        returned = [a.attempt for a in self._drain_queue()]
+        returned = [a.attempt for s, a in self._drain_queue() if s == self.session]
         if self.current is not None:
             returned.append(self.current.attempt)
         log.info("SIGTERM: leaving, returning %d attempt(s)", len(returned))
@@ -207,7 +213,7 @@ class Worker:
         self.done.set()
         asyncio.get_running_loop().create_task(self._close_after_leaving())
 
-    def _drain_queue(self) -> list[p.Assign]:
+    def _drain_queue(self) -> list[tuple[int, p.Assign]]:
         items = []
         while not self.queue.empty():
             items.append(self.queue.get_nowait())

@@ -1,0 +1,141 @@
+"""Shared fixtures: the real 200-line sample split into partitions, and real tally processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tally.kernels.reference import count_domains
+from tally.queries import QueryResult, format_result
+from tally.protocol import QuerySpec
+
+# the real reference data lives in shared/, beside the repository
+REFERENCE = Path(
+    os.environ.get("TALLY_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference")
+)
+SAMPLE = REFERENCE / "clickbench-sample-200.tsv"
+
+
+def split_round_robin(source: Path, out_dir: Path, partitions: int) -> Path:
+    """Split ``source`` line by line round-robin into ``partitions`` files plus a filelist.csv
+    of ``file://`` URLs; return the file list's path."""
+    lines = source.read_bytes().splitlines(keepends=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts: list[list[bytes]] = [[] for _ in range(partitions)]
+    for i, line in enumerate(lines):
+        parts[i % partitions].append(line)
+    filelist = out_dir / "filelist.csv"
+    with filelist.open("w") as fl:
+        for i, part in enumerate(parts):
+            path = out_dir / f"part-{i:03d}.tsv"
+            path.write_bytes(b"".join(part))
+            fl.write(f"file://{path}\n")
+    return filelist
+
+
+def reference_output(path: Path, query: QuerySpec) -> str:
+    """What tally must print for ``query`` over the single file ``path``."""
+    with path.open("rb") as f:
+        counts = count_domains(f)
+    if query.kind == "domain":
+        rows = [(query.domain or b"", counts.counts.get(query.domain or b"", 0))]
+    else:
+        rows = sorted(counts.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        rows = rows[: query.k] if query.kind == "top" else rows
+    return format_result(QueryResult(query, rows, counts.lines, counts.malformed), "text")
+
+
+@pytest.fixture(scope="session")
+def repeated_filelist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 partitions of ~200 KB, each the real sample ten times: tasks of a realistic size."""
+    out = tmp_path_factory.mktemp("repeated100")
+    data = SAMPLE.read_bytes() * 10
+    with (out / "filelist.csv").open("w") as fl:
+        for i in range(100):
+            (out / f"part-{i:03d}.tsv").write_bytes(data)
+            fl.write(f"part-{i:03d}.tsv\n")  # relative to the list
+    return out / "filelist.csv"
+
+
+@pytest.fixture(scope="session")
+def sample_filelist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return split_round_robin(SAMPLE, tmp_path_factory.mktemp("sample100"), 100)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Procs:
+    """Starts tally processes, logs each one's stderr to a file, and kills leftovers."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, Path] = {}
+
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, stdout: int | None = subprocess.PIPE
+    ) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"proc-{len(self.started)}.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tally", *args],
+                stdout=stdout,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+            )
+        self.started.append(proc)
+        self.logs[proc.pid] = log
+        return proc
+
+    def coordinator(self, source: Path | str, port: int, *args: str, **kw: object):  # type: ignore[no-untyped-def]
+        return self.start("coordinator", str(source), str(port), *args, **kw)  # type: ignore[arg-type]
+
+    def worker(self, port: int, *args: str, **kw: object):  # type: ignore[no-untyped-def]
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        return self.start("worker", "127.0.0.1", str(port), "--connect-timeout", "20", *args, **kw)  # type: ignore[arg-type]
+
+    def stderr(self, proc: subprocess.Popen[bytes]) -> str:
+        return self.logs[proc.pid].read_text(errors="replace")
+
+    def wait_for_log(self, proc: subprocess.Popen[bytes], text: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr(proc):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.stderr(proc)}")
+            time.sleep(0.02)
+
+    def finish(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[int, str]:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, (out or b"").decode("utf-8")
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.cleanup()
