@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tally.kernels.reference import count_domains
-from tally.queries import QueryResult, format_result
 from tally.protocol import QuerySpec
+from tally.queries import QueryResult, format_result
 
 # the real reference data lives in shared/, beside the repository
 REFERENCE = Path(

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from conftest import SAMPLE, Procs, free_port, reference_output
-
 from tally.protocol import QuerySpec
 
 TOP25 = QuerySpec("top", k=25)

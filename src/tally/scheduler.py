@@ -250,22 +250,12 @@ class Scheduler:
         if worker is not None:
             worker.busy_s += event.busy_s
             worker.attempts += 1
-        if attempt is None:  # settled already, cancelled, or never issued: stale
+        if attempt is None:  # its partition is settled (a rival won, it failed) or never issued
             self.counters.duplicates_dropped += 1
             self._record(event.now, "duplicate_dropped", worker=event.worker, attempt=event.attempt)
             return
-        partition = attempt.partition
+        partition = attempt.partition  # live attempts always belong to a running partition
         self._settle(attempt)
-        if self.state[partition] in (PartitionState.DONE, PartitionState.FAILED):
-            self.counters.duplicates_dropped += 1
-            self._record(
-                event.now,
-                "duplicate_dropped",
-                worker=event.worker,
-                attempt=attempt.id,
-                partition=partition,
-            )
-            return
         self.state[partition] = PartitionState.DONE
         self._done += 1
         self.durations.append(event.now - attempt.assigned_at)
@@ -317,7 +307,7 @@ class Scheduler:
         worker.gone = worker.lost = True
         self.counters.workers_lost += 1
         self._record(now, "lost", worker=worker_id, reason=reason)
-        for attempt_id in sorted(worker.live):
+        for attempt_id in sorted(worker.live, reverse=True):  # re-queued in front, in order
             attempt = self.attempts[attempt_id]
             self._settle(attempt)
             self._record(
@@ -335,7 +325,7 @@ class Scheduler:
             return
         worker.gone = True
         self._record(event.now, "left", worker=event.worker)
-        for attempt_id in sorted(worker.live):
+        for attempt_id in sorted(worker.live, reverse=True):  # re-queued in front, in order
             attempt = self.attempts[attempt_id]
             self._settle(attempt)
             self._requeue(attempt.partition, event.now)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tally import protocol as p
-from tally.errors import AuthError, ProtocolError
+from tally.errors import ProtocolError
 from tally.kernels import DomainCounts
 from tally.net import Connection, connect_with_backoff, offer_handshake
 from tally.queries import pack
@@ -84,11 +84,11 @@ class Worker:
             while not self.done.is_set():
                 try:
                     await self._session()
-                except (AuthError, ConnectionRefusedError) as exc:
+                except (ProtocolError, ConnectionRefusedError) as exc:  # AuthError included
                     log.error("%s", exc)
                     self.exit_code = 1
                     break
-                except (EOFError, ConnectionError, OSError, ProtocolError, TimeoutError) as exc:
+                except (EOFError, ConnectionError, OSError, TimeoutError) as exc:
                     if self.done.is_set():
                         break
                     log.warning("connection to coordinator lost (%s); reconnecting", exc)

@@ -26,7 +26,7 @@ def iter_lines(
 
     A last line without ``\\n`` is a line. Line length excludes the ``\\n``.
     """
-    carry = b""
+    carry = bytearray()  # the start of a line that continues in the next chunk
     skipping = False  # inside a line already known to be too long
     while True:
         chunk = stream.read(chunk_size)
@@ -37,23 +37,24 @@ def iter_lines(
             nl = chunk.find(b"\n", start)
             if nl < 0:
                 if not skipping:
-                    carry += chunk[start:]
-                    if len(carry) > record_limit:
-                        carry = b""
+                    if len(carry) + len(chunk) - start > record_limit:
+                        carry.clear()  # too long already: never buffer more than the limit
                         skipping = True
+                    else:
+                        carry += memoryview(chunk)[start:]
                 break
             if skipping:
                 skipping = False
                 yield TOO_LONG
             else:
-                line = carry + chunk[start:nl] if carry else chunk[start:nl]
-                carry = b""
+                line = bytes(carry + chunk[start:nl]) if carry else chunk[start:nl]
+                carry.clear()
                 yield TOO_LONG if len(line) > record_limit else line
             start = nl + 1
     if skipping:
         yield TOO_LONG
     elif carry:
-        yield carry
+        yield bytes(carry)
 
 
 def domain_of(line: bytes) -> bytes | None:
