@@ -234,6 +234,7 @@ class Coordinator:
         return {
             "job_id": self.job_id,
             "wall_s": round(self._now(), 6),
+            "ready_s": sch.started_at,  # until --min-workers workers had joined
             "started_at": self._wall0,
             "partitions": sch.partitions,
             "attempts": c.attempts,

@@ -186,6 +186,7 @@ class Scheduler:
         self.durations: list[float] = []
         self.timeline: list[dict[str, Any]] = []
         self.started = False
+        self.started_at: float | None = None  # when min_workers had joined
         self.finished: Finish | None = None
         self._next_attempt = 1
         self._done = 0
@@ -236,8 +237,8 @@ class Scheduler:
             event.worker, event.name, max(1, event.slots), event.now
         )
         self._record(event.now, "joined", worker=event.worker)
-        if len(self.workers) >= self.config.min_workers:
-            self.started = True
+        if not self.started and len(self.workers) >= self.config.min_workers:
+            self.started, self.started_at = True, event.now
 
     def _touch(self, worker: int, now: float) -> None:
         state = self.workers.get(worker)
