@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--partition-size", default="32MiB")
     gen.add_argument("--seed", type=int, default=1)
     _add_common(gen)
+
+    rep = sub.add_parser("report", help="run the experiments and write a report with plots")
+    rep.add_argument("--out", required=True, metavar="DIR", help="where report.md, plots go")
+    rep.add_argument("--quick", action="store_true", help="small data: done in under 2 minutes")
+    rep.add_argument("--prices", metavar="TOML", help="price table overriding the defaults")
+    _add_common(rep)
     return parser
 
 
@@ -288,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_local(args))
         if args.command == "gen":
             return _generate(args)
+        if args.command == "report":
+            from tally.report import run_report
+
+            return run_report(args)
     except ConfigError as exc:
         print(f"tally: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -251,6 +251,11 @@ class Scheduler:
         if worker is not None:
             worker.busy_s += event.busy_s
             worker.attempts += 1
+        # the worker measured busy_s, so the attempt started that long before it was delivered
+        self._record(event.now - event.busy_s, "started", worker=event.worker,
+                     attempt=event.attempt)  # fmt: skip
+        self._record(event.now, "finished", worker=event.worker, attempt=event.attempt,
+                     bytes=event.bytes_read, busy_s=event.busy_s)  # fmt: skip
         if attempt is None:  # its partition is settled (a rival won, it failed) or never issued
             self.counters.duplicates_dropped += 1
             self._record(event.now, "duplicate_dropped", worker=event.worker, attempt=event.attempt)
@@ -264,15 +269,8 @@ class Scheduler:
             worker.committed += 1
             worker.bytes_read += event.bytes_read
         actions.append(Commit(partition, attempt.id, event.worker, event.payload))
-        self._record(
-            event.now,
-            "committed",
-            worker=event.worker,
-            attempt=attempt.id,
-            partition=partition,
-            bytes=event.bytes_read,
-            busy_s=event.busy_s,
-        )
+        self._record(event.now, "committed", worker=event.worker, attempt=attempt.id,
+                     partition=partition, bytes=event.bytes_read)  # fmt: skip
         for other in sorted(self.partition_attempts.pop(partition, set())):
             rival = self.attempts.pop(other)
             owner = self.workers[rival.worker]
