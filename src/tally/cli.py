@@ -165,11 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is now, so log lines go above a live progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(
         level=level,
-        stream=sys.stderr,
+        handlers=[_StderrHandler()],
         format=f"%(asctime)s.%(msecs)03d tally {args.command}[{os.getpid()}] "
         "%(levelname)s %(message)s",
         datefmt="%H:%M:%S",
@@ -212,6 +220,7 @@ def coordinator_config(args: argparse.Namespace, token: bytes) -> Any:
         port=getattr(args, "port", 0),
         token=token,
         record_limit=args.record_limit,
+        progress=not args.quiet,
         scheduler=SchedulerConfig(
             max_attempts=args.max_attempts,
             lease_timeout_s=args.lease_timeout,

@@ -17,10 +17,12 @@ from tally import scheduler as s
 from tally.errors import ProtocolError
 from tally.kernels import DEFAULT_RECORD_LIMIT
 from tally.net import Connection, accept_handshake
+from tally.progress import ProgressDisplay, Snapshot
 from tally.queries import Merger, QueryResult
 
 log = logging.getLogger("tally.coordinator")
 TICK_S = 0.1
+PROGRESS_EVERY_TICKS = 3
 
 
 @dataclass
@@ -31,6 +33,7 @@ class CoordinatorConfig:
     token: bytes = b""
     scheduler: s.SchedulerConfig = field(default_factory=s.SchedulerConfig)
     record_limit: int = DEFAULT_RECORD_LIMIT
+    progress: bool = False  # a progress bar (or periodic log line) on stderr
 
     @property
     def heartbeat_s(self) -> float:
@@ -108,9 +111,32 @@ class Coordinator:
         return self._loop.time() - self._t0
 
     async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_S)
-            self._apply(self.scheduler.handle(s.Tick(self._now())))
+        display = ProgressDisplay(len(self.urls), self.config.progress)
+        ticks = 0
+        try:
+            while True:
+                await asyncio.sleep(TICK_S)
+                self._apply(self.scheduler.handle(s.Tick(self._now())))
+                ticks += 1
+                if ticks % PROGRESS_EVERY_TICKS == 0:
+                    self._show_progress(display)
+        finally:
+            display.close()
+
+    def _show_progress(self, display: ProgressDisplay) -> None:
+        sch = self.scheduler
+        if sch.started_at is None:
+            return
+        workers = sch.workers.values()
+        display.update(
+            Snapshot(
+                done=sch.counters.commits,
+                total=sch.partitions,
+                bytes_done=sum(w.bytes_read for w in workers),
+                elapsed_s=self._now() - sch.started_at,
+                workers=sum(1 for w in workers if not w.gone),
+            )
+        )
 
     # --- peers -------------------------------------------------------------------------------
 

@@ -170,6 +170,7 @@ class Counters:
     workers_lost: int = 0
     backups: int = 0
     failures: int = 0
+    commits: int = 0
 
 
 class Scheduler:
@@ -189,7 +190,6 @@ class Scheduler:
         self.started_at: float | None = None  # when min_workers had joined
         self.finished: Finish | None = None
         self._next_attempt = 1
-        self._done = 0
         self._failed = 0
 
     # --- public ------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class Scheduler:
         partition = attempt.partition  # live attempts always belong to a running partition
         self._settle(attempt)
         self.state[partition] = PartitionState.DONE
-        self._done += 1
+        self.counters.commits += 1
         self.durations.append(event.now - attempt.assigned_at)
         if worker is not None:
             worker.committed += 1
@@ -443,7 +443,7 @@ class Scheduler:
         )
 
     def _check_finished(self, actions: list[Action]) -> None:
-        if self._done + self._failed == len(self.state):
+        if self.counters.commits + self._failed == len(self.state):
             failed = [p for p, s in enumerate(self.state) if s == PartitionState.FAILED]
             self.finished = Finish(tuple(failed))
             actions.append(self.finished)
