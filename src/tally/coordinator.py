@@ -149,6 +149,7 @@ class Coordinator:
             self.job_id,
             self.config.query,
             self.config.heartbeat_s,
+            self.config.scheduler.lease_timeout_s,
             self.config.record_limit,
         )
 

@@ -52,6 +52,7 @@ class Welcome(Message, tag="welcome"):
     job_id: str
     query: QuerySpec
     heartbeat_s: float
+    lease_s: float  # silence after which the coordinator declares a worker lost
     record_limit: int
 
 

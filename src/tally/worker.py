@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tally import protocol as p
@@ -63,23 +64,27 @@ class Worker:
         self.config = config
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.kernel: Kernel | None = None
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="tally-compute")
         self.conn: Connection | None = None
         self.welcome: p.Welcome | None = None
-        self.queue: asyncio.Queue[tuple[int, p.Assign]] = asyncio.Queue()  # (session, task)
-        self.session = 0  # counts connections; tasks of an earlier one were re-queued there
+        # (session, task) from the event loop to the compute thread; None stops it
+        self.queue: queue.SimpleQueue[tuple[int, p.Assign] | None] = queue.SimpleQueue()
+        self.session = 0  # counts ended connections; tasks of an ended one were re-queued there
         self.cancelled: set[int] = set()
         self.current: p.Assign | None = None
         self.outbox: list[p.Result | p.Failed] = []  # finished while disconnected
         self.done = asyncio.Event()
         self.exit_code = 0
         self.tasks_done = 0
+        self.last_beat = 0.0  # event-loop time of the last heartbeat sent
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._leave)
         self.kernel = load_kernel(self.config.kernel)  # before joining: a joined worker is ready
-        computing = asyncio.create_task(self._compute_loop())
+        computing = threading.Thread(
+            target=self._compute_loop, args=(loop,), name="tally-compute", daemon=True
+        )
+        computing.start()
         try:
             while not self.done.is_set():
                 try:
@@ -94,8 +99,8 @@ class Worker:
                     log.warning("connection to coordinator lost (%s); reconnecting", exc)
                     self.conn = None
         finally:
-            computing.cancel()
-            self.executor.shutdown(wait=False, cancel_futures=True)
+            self._drain_queue()
+            self.queue.put(None)
         return self.exit_code
 
     async def _session(self) -> None:
@@ -110,7 +115,7 @@ class Worker:
             if self.welcome is not None and self.welcome.job_id != welcome.job_id:
                 self.outbox.clear()  # results of an earlier job mean nothing to this one
             self.welcome, self.conn = welcome, conn
-            self.session += 1
+            self.last_beat = time.monotonic()
             log.info("joined job %s as worker %d", welcome.job_id, welcome.worker_id)
             for message in self.outbox:
                 conn.send(message)
@@ -122,6 +127,7 @@ class Worker:
                 heartbeat.cancel()
         finally:
             self.conn = None
+            self.session += 1  # what is still queued from this session was re-queued there
             await conn.close()
 
     async def _read(self, conn: Connection) -> None:
@@ -145,32 +151,61 @@ class Worker:
         seq = 0
         while True:
             await asyncio.sleep(interval)
+            if self._past_lease():
+                return
             seq += 1
             conn.send(p.Heartbeat(seq))
+            self.last_beat = time.monotonic()
 
-    async def _compute_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            session, assign = await self.queue.get()
-            if assign.attempt in self.cancelled or session != self.session or not self._live():
-                continue
-            welcome = self.welcome
-            assert welcome is not None and self.kernel is not None
+    def _silent_s(self) -> float:
+        return time.monotonic() - self.last_beat  # the event loop's clock is time.monotonic
+
+    def _past_lease(self) -> bool:
+        """After a silence longer than the lease (this process was stopped or starved), the
+        coordinator has declared this worker lost: drop the session and join again, so that
+        nothing is written into a connection the coordinator already closed."""
+        conn, welcome = self.conn, self.welcome
+        if conn is None or welcome is None:
+            return False
+        silent = self._silent_s()
+        if silent <= welcome.lease_s:
+            return False
+        log.warning("silent for %.1fs, past the %gs lease: joining again", silent, welcome.lease_s)
+        conn.writer.transport.abort()
+        return True
+
+    def _compute_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The compute thread: run tasks one by one, hand each result to the event loop."""
+        while (item := self.queue.get()) is not None:
+            session, assign = item
+            welcome, kernel = self.welcome, self.kernel
+            if (
+                assign.attempt in self.cancelled
+                or session != self.session
+                or welcome is None
+                or self._silent_s() > welcome.lease_s
+            ):
+                continue  # cancelled, or its session died and the coordinator re-queued it
+            assert kernel is not None
             self.current = assign
-            message = await loop.run_in_executor(
-                self.executor, self._compute, assign, welcome, self.kernel
-            )
+            message = self._compute(assign, welcome, kernel)
             self.current = None
-            self.tasks_done += 1
-            if assign.attempt in self.cancelled:
-                self.cancelled.discard(assign.attempt)
-                continue
-            await asyncio.sleep(0)  # notice a connection that died meanwhile before writing to it
-            conn = self._live()
-            if conn is not None:
-                conn.send(message)
-            else:
-                self.outbox.append(message)
+            loop.call_soon_threadsafe(self._finished, assign.attempt, message)
+
+    def _finished(self, attempt: int, message: p.Result | p.Failed) -> None:
+        self.tasks_done += 1
+        if attempt in self.cancelled:
+            self.cancelled.discard(attempt)
+            return
+        # one more turn of the loop first: a connection that died meanwhile is noticed then
+        asyncio.get_running_loop().call_soon(self._send_result, message)
+
+    def _send_result(self, message: p.Result | p.Failed) -> None:
+        conn = None if self._past_lease() else self._live()
+        if conn is not None:
+            conn.send(message)
+        else:
+            self.outbox.append(message)
 
     def _live(self) -> Connection | None:
         conn = self.conn
@@ -216,7 +251,9 @@ class Worker:
     def _drain_queue(self) -> list[tuple[int, p.Assign]]:
         items = []
         while not self.queue.empty():
-            items.append(self.queue.get_nowait())
+            item = self.queue.get_nowait()
+            if item is not None:
+                items.append(item)
         return items
 
     async def _close_after_leaving(self) -> None:
