@@ -1,0 +1,289 @@
+"""The fast kernel against the reference kernel: same result on every input, bounded memory."""
+
+from __future__ import annotations
+
+import io
+import os
+import tracemalloc
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tally.kernels import DEFAULT_CHUNK_SIZE, DEFAULT_RECORD_LIMIT, DomainCounts, fast, reference
+
+REFERENCE = Path(
+    os.environ.get("TALLY_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference")
+)
+SAMPLE = REFERENCE / "clickbench-sample-200.tsv"
+MiB = 1 << 20
+
+
+class Trickle:
+    """A stream with only ``read`` (no ``readinto``), returning at most ``step`` bytes a call."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = io.BytesIO(data)
+        self._step = step
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(self._step if size < 0 else min(size, self._step))
+
+
+def run_both(data: bytes, **kwargs: object) -> tuple[DomainCounts, DomainCounts]:
+    expected = reference.count_domains(io.BytesIO(data), **kwargs)  # type: ignore[arg-type]
+    actual = fast.count_domains(io.BytesIO(data), **kwargs)  # type: ignore[arg-type]
+    return actual, expected
+
+
+# -- strategies: lines built from the edge cases of the domain rule ---------------------------
+
+DOMAIN_BYTES = st.sampled_from(
+    [b"a", b"Z", b".", b"-", b"7", b":", b"%2F", b"\xff", b"\x00", b"\r", b" ", b'"', "я".encode()]
+)
+domains = st.one_of(
+    st.sampled_from(
+        [
+            b"go.mail",
+            b"smeshariki.ru",
+            b"Go.Mail",
+            b"state=19945206",
+            b"video.yandex.ru",  # 15 bytes: the longest key
+            b"video.yandex.ruu",  # 16 bytes
+            "новострашная".encode(),
+            b"\xd0\xbd\xd0",  # invalid UTF-8
+            b"a.b:8080",
+            b"x" * 40,
+        ]
+    ),
+    st.lists(DOMAIN_BYTES, min_size=1, max_size=30).map(b"".join),
+)
+paths = st.sampled_from([b"", b"/", b"/x/y", b"//", b"/a://b", b"?q=1", b"/\xff"])
+schemes = st.sampled_from([b"http://", b"https://", b"HTTP://", b"ftp://", b"://", b"a://b:/"])
+urls = st.one_of(
+    st.builds(lambda s, d, p: s + d + p, schemes, domains, paths),
+    st.builds(lambda d, p: d + p, domains, paths),  # no "://": the whole URL is the domain
+    st.sampled_from(
+        [
+            b"",
+            b"http://",
+            b"http:///x",
+            b"https:///",
+            b"http:%2F%2Fwwww.ukr",
+            b"a://b://c/d",
+            b"://",
+        ]
+    ),
+)
+columns = st.lists(st.sampled_from([b"", b"x", b"http://other.ru/", b"\r"]), max_size=2)
+structured_lines = st.builds(
+    lambda ident, url, extra: b"\t".join([ident, url, *extra]),
+    st.sampled_from([b"", b"1", b"8316296479790176104", b"\xff"]),
+    urls,
+    columns,
+)
+TOKENS = [b"\t", b"\r", b":", b"/", b"://", b"http://", b"https://", b"a", b".", b"\xff", b"\x00"]
+noise_lines = st.lists(st.sampled_from(TOKENS), max_size=12).map(b"".join)
+lines = st.one_of(
+    structured_lines, structured_lines, noise_lines, st.sampled_from([b"", b"\r", b"no-tab"])
+)
+endings = st.sampled_from([b"\n", b"\n", b"\n", b"\r\n", b"\r\r\n"])
+
+
+@st.composite
+def partitions(draw: st.DrawFn) -> bytes:
+    body = b"".join(line + draw(endings) for line in draw(st.lists(lines, max_size=30)))
+    if body and draw(st.booleans()):
+        body = body.rstrip(b"\n")  # a last line without a newline
+    return body
+
+
+@st.composite
+def queries(draw: st.DrawFn, data: bytes) -> bytes | None:
+    """No filter, a domain of the partition, a prefix or extension of one, or any domain."""
+    seen = list(reference.count_domains(io.BytesIO(data)).counts)
+    choices = [st.none(), domains]
+    if seen:
+        one = st.sampled_from(seen)
+        prefix = st.builds(lambda d, n: d[: max(1, len(d) - n)], one, st.integers(1, 9))
+        longer = st.builds(bytes.__add__, one, st.sampled_from([b".", b"\x00"]))
+        choices += [one, one, prefix, longer]
+    return draw(st.one_of(choices))
+
+
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# -- properties ---------------------------------------------------------------------------
+
+
+@FUZZ
+@given(
+    data=st.data(),
+    partition=partitions(),
+    chunk_size=st.integers(1, 64),
+    record_limit=st.one_of(st.integers(0, 60), st.just(DEFAULT_RECORD_LIMIT)),
+    scan_every=st.sampled_from([0, fast._SCAN_EVERY, 1 << 40]),
+    first_read=st.sampled_from([1, 3, fast._FIRST_READ]),
+)
+def test_matches_reference(
+    data: st.DataObject,
+    partition: bytes,
+    chunk_size: int,
+    record_limit: int,
+    scan_every: int,
+    first_read: int,
+) -> None:
+    """Every query form; ``scan_every`` picks how "://" is searched for (per line with
+    ``bytes.find`` or by scanning the chunk), ``first_read`` makes the reads grow."""
+    only = data.draw(queries(partition))
+    with (
+        mock.patch.object(fast, "_SCAN_EVERY", scan_every),
+        mock.patch.object(fast, "_FIRST_READ", first_read),
+    ):
+        actual, expected = run_both(
+            partition, only=only, record_limit=record_limit, chunk_size=chunk_size
+        )
+    assert actual == expected
+
+
+@FUZZ
+@given(partition=partitions(), chunk_size=st.integers(1, 64), step=st.integers(1, 17))
+def test_chunk_boundaries_and_short_reads_do_not_matter(
+    partition: bytes, chunk_size: int, step: int
+) -> None:
+    whole = fast.count_domains(io.BytesIO(partition))
+    assert fast.count_domains(Trickle(partition, step), chunk_size=chunk_size) == whole  # type: ignore[arg-type]
+    assert whole == reference.count_domains(io.BytesIO(partition))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    rows=st.lists(st.tuples(domains, paths, endings), min_size=1, max_size=400),
+    chunk_size=st.sampled_from([1 << 10, 1 << 16]),
+)
+def test_many_well_formed_lines(rows: list[tuple[bytes, bytes, bytes]], chunk_size: int) -> None:
+    """Larger pieces, where most lines take the vectorised common path."""
+    partition = b"".join(b"%d\thttp://%s%s%s" % (i, d, p, e) for i, (d, p, e) in enumerate(rows))
+    actual, expected = run_both(partition, chunk_size=chunk_size)
+    assert actual == expected
+    assert sum(actual.counts.values()) + actual.malformed == actual.lines == len(rows)
+
+
+# -- examples -----------------------------------------------------------------------------
+
+
+def test_sample_partition() -> None:
+    data = SAMPLE.read_bytes()
+    for chunk_size in (7, 4096, DEFAULT_CHUNK_SIZE):
+        actual, expected = run_both(data, chunk_size=chunk_size)
+        assert actual == expected
+    assert actual.lines == 200
+    assert actual.counts[b"go.mail"] == 28
+    assert actual.bytes_read == len(data)
+    only, expected = run_both(data, only=b"http:%2F%2Fwwww.ukr")
+    assert only == expected
+    assert only.counts == {b"http:%2F%2Fwwww.ukr": 4}
+    assert only.lines == 200
+
+
+def test_large_partition() -> None:
+    """Megabytes of sample lines with edge cases sprinkled in: reads of growing size, several
+    chunks, the vectorised paths."""
+    rows = SAMPLE.read_bytes().splitlines(keepends=True) * 150
+    odd = [b"\r\n", b"x\n", b"1\thttp:///\n", b"2\thttp://\xff\xfe.ru/\r\n", b"3\t\n"]
+    for i in range(0, len(rows), 997):
+        rows[i] = odd[i % len(odd)]
+    data = b"".join(rows)
+    for chunk_size in (1 << 20, DEFAULT_CHUNK_SIZE):
+        for only in (None, b"go.mail", b"http:%2F%2Fwwww.ukr"):
+            actual, expected = run_both(data, only=only, chunk_size=chunk_size)
+            assert actual == expected
+
+
+def test_domain_rule_examples() -> None:
+    data = (
+        b"1\thttp://go.mail/a\r\n"  # \r\n
+        b"\n"  # blank
+        b"\r\n"  # blank after dropping the \r
+        b"2\thttps://Go.Mail\n"  # no path, case kept
+        b"3\thttp:%2F%2Fwwww.ukr\n"  # no "://": the whole URL
+        b"4\thttp:///x\n"  # empty domain: malformed
+        b"5\t\n"  # empty URL: malformed
+        b"just-one-column\n"  # malformed
+        b"6\thttp://\xd0\xbd\xff.ru/x\tignored\textra\n"  # raw bytes, extra columns
+        b"7\ta://b://c/d\r\r\n"  # first "://" only; one \r dropped, one kept
+        b"8\thttp://go.mail"  # last line without a newline
+    )
+    result = fast.count_domains(io.BytesIO(data))
+    assert result.counts == {
+        b"go.mail": 2,
+        b"Go.Mail": 1,
+        b"http:%2F%2Fwwww.ukr": 1,
+        b"\xd0\xbd\xff.ru": 1,
+        b"b:": 1,
+    }
+    assert (result.lines, result.malformed, result.bytes_read) == (9, 3, len(data))
+    assert result == reference.count_domains(io.BytesIO(data))
+    assert fast.count_domains(io.BytesIO(data), only=b"go.mail").counts == {b"go.mail": 2}
+    assert fast.count_domains(io.BytesIO(data), only=b"nothing").counts == {}
+
+
+def test_only_long_domains() -> None:
+    """Domains over 15 bytes take another path: exact match, not prefix or same length."""
+    long = b"a-rather-long-domain.example.org"
+    data = b"".join(
+        b"%d\thttp://%s/\n" % (i, d)
+        for i, d in enumerate([long, long + b"x", long[:-1], long[:-1] + b"h", long, b"go.mail"])
+    )
+    for only in (long, long[:-1], long + b"x", long[:20]):
+        actual, expected = run_both(data, only=only)
+        assert actual == expected
+        assert (actual.lines, actual.malformed) == (6, 0)
+    assert fast.count_domains(io.BytesIO(data), only=long).counts == {long: 2}
+    assert fast.count_domains(io.BytesIO(data), only=long[:20]).counts == {}
+
+
+def test_record_limit() -> None:
+    data = b"1\thttp://a.ru/\n" + b"2\thttp://b.ru/" + b"x" * 100 + b"\n3\thttp://c.ru\r\n"
+    for chunk_size in (1, 16, 1 << 20):
+        result = fast.count_domains(io.BytesIO(data), record_limit=14, chunk_size=chunk_size)
+        assert result.counts == {b"a.ru": 1, b"c.ru": 1}  # "3\thttp://c.ru\r" is 14 bytes
+        assert (result.lines, result.malformed) == (3, 1)
+
+
+def test_empty_stream() -> None:
+    assert fast.count_domains(io.BytesIO(b"")) == DomainCounts()
+
+
+def test_invalid_sizes() -> None:
+    with pytest.raises(ValueError):
+        fast.count_domains(io.BytesIO(b""), chunk_size=0)
+
+
+# -- memory -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_huge_line_is_skipped_in_bounded_memory(tmp_path: Path, final_newline: bool) -> None:
+    path = tmp_path / "part.tsv"
+    with path.open("wb") as out:
+        out.write(b"1\thttp://a.ru/\n2\thttp://huge.ru/")
+        block = b"x" * MiB
+        for _ in range(50):
+            out.write(block)
+        out.write(b"\n3\thttp://b.ru\n" if final_newline else b"")
+    tracemalloc.start()
+    try:
+        with path.open("rb") as stream:
+            result = fast.count_domains(stream, record_limit=MiB, chunk_size=MiB)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.malformed == 1
+    assert result.lines == (3 if final_newline else 2)
+    assert result.counts == ({b"a.ru": 1, b"b.ru": 1} if final_newline else {b"a.ru": 1})
+    assert result.bytes_read == path.stat().st_size
+    assert peak < 2 * MiB + 3 * MiB, f"peak {peak / MiB:.1f} MiB"
