@@ -30,6 +30,8 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,peers]'
+	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/overhead.py
 
 clean:

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from tally.kernels import DomainCounts
 from tally.protocol import Partial, QuerySpec
@@ -27,17 +29,14 @@ def pack(result: DomainCounts) -> Partial:
     return Partial(b"".join(keys), ends.tobytes(), counts.tobytes(), result.lines, result.malformed)
 
 
-def unpack(partial: Partial) -> DomainCounts:
-    """The inverse of :func:`pack`."""
-    ends = np.frombuffer(partial.ends, dtype=_ENDS).tolist()
-    counts = np.frombuffer(partial.counts, dtype=_COUNTS).tolist()
-    blob = partial.keys
-    result = DomainCounts(lines=partial.lines, malformed=partial.malformed)
-    start = 0
-    for end, n in zip(ends, counts, strict=True):
-        result.counts[blob[start:end]] = n
-        start = end
-    return result
+def key_array(partial: Partial) -> pa.Array:
+    """A partial's keys as an Arrow binary array over the received buffers (no copy of keys)."""
+    ends = np.frombuffer(partial.ends, dtype=_ENDS)
+    offsets = np.zeros(len(ends) + 1, dtype=np.int32)
+    offsets[1:] = ends
+    return pa.Array.from_buffers(
+        pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(partial.keys)]
+    )
 
 
 @dataclass
@@ -56,27 +55,60 @@ class QueryResult:
 
 
 class Merger:
-    """Merges partials exactly; the order of merging never changes the result."""
+    """Merges partials exactly; the order of merging never changes the result.
 
-    def __init__(self, query: QuerySpec) -> None:
+    Partials stay columnar: their keys and counts pile up as Arrow arrays and are summed
+    per key by an Arrow hash aggregation whenever the pile grows past ``compact_rows``, so no
+    Python object is made per key until the final rows are printed.
+    """
+
+    def __init__(self, query: QuerySpec, compact_rows: int = 1 << 20) -> None:
         self.query = query
-        self.total = DomainCounts()
+        self.compact_rows = compact_rows
+        self.lines = 0
+        self.malformed = 0
+        self._keys: list[pa.Array] = []
+        self._counts: list[pa.Array] = []
+        self._rows = 0
 
     def add(self, partial: Partial) -> None:
-        self.total.merge(unpack(partial))
+        self.lines += partial.lines
+        self.malformed += partial.malformed
+        keys = key_array(partial)
+        if not len(keys):
+            return
+        self._keys.append(keys.cast(pa.large_binary()))
+        self._counts.append(pa.array(np.frombuffer(partial.counts, dtype=_COUNTS)))
+        self._rows += len(keys)
+        if self._rows > self.compact_rows and len(self._keys) > 1:
+            self._compact()
+
+    def _compact(self) -> pa.Table:
+        table = pa.table(
+            {
+                "key": pa.concat_arrays(self._keys)
+                if self._keys
+                else pa.array([], pa.large_binary()),
+                "n": pa.concat_arrays(self._counts) if self._counts else pa.array([], pa.int64()),
+            }
+        )
+        table = table.group_by("key").aggregate([("n", "sum")]).rename_columns(["key", "n"])
+        self._keys, self._counts = [table["key"].combine_chunks()], [table["n"].combine_chunks()]
+        self._rows = table.num_rows
+        return table
 
     def finalize(self, failed_partitions: list[str] | None = None) -> QueryResult:
-        counts = self.total.counts
+        table = self._compact()
         if self.query.kind == "domain":
             domain = self.query.domain or b""
-            rows = [(domain, counts.get(domain, 0))]
+            rows = [(domain, sum(table["n"].to_pylist()))]  # at most one key was counted
         else:
-            rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            order = pc.sort_indices(table, sort_keys=[("n", "descending"), ("key", "ascending")])
             if self.query.kind == "top":
-                rows = rows[: self.query.k]
-        return QueryResult(
-            self.query, rows, self.total.lines, self.total.malformed, failed_partitions or []
-        )
+                order = order[: self.query.k]
+            top = table.take(order)
+            rows = list(zip(top["key"].to_pylist(), top["n"].to_pylist(), strict=True))
+        return QueryResult(self.query, rows, self.lines, self.malformed, failed_partitions or [])
 
 
 def show(domain: bytes) -> str:
