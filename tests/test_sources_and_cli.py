@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, Procs, free_port, reference_output, split_round_robin
+from conftest import SAMPLE, Procs, free_port, reference_output, serve_http, split_round_robin
 from tally.errors import ConfigError, PartitionError
 from tally.protocol import QuerySpec
 from tally.storage import expand_source, open_partition
@@ -38,19 +35,8 @@ def parts(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def http_root(parts: Path) -> Iterator[str]:
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(parts))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(parts) as root:
+        yield root
 
 
 def test_folder_glob_and_list_name_the_same_partitions(parts: Path) -> None:

@@ -24,8 +24,8 @@ from tally import protocol as p
 from tally.errors import ProtocolError
 from tally.kernels import DomainCounts
 from tally.net import Connection, connect_with_backoff, offer_handshake
+from tally.prefetch import Prefetcher
 from tally.queries import pack
-from tally.storage import open_partition
 
 log = logging.getLogger("tally.worker")
 Kernel = Callable[..., DomainCounts]
@@ -175,22 +175,34 @@ class Worker:
         return True
 
     def _compute_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The compute thread: run tasks one by one, hand each result to the event loop."""
-        while (item := self.queue.get()) is not None:
+        """The compute thread: run tasks one by one, hand each result to the event loop, and
+        get the next partition ready while the current one computes."""
+        prefetch = Prefetcher()
+        item = self.queue.get()
+        while item is not None:
             session, assign = item
+            try:
+                item = self.queue.get_nowait()  # the next task, if it is here already
+            except queue.Empty:
+                item = None
             welcome, kernel = self.welcome, self.kernel
             if (
                 assign.attempt in self.cancelled
                 or session != self.session
                 or welcome is None
                 or self._silent_s() > welcome.lease_s
-            ):
-                continue  # cancelled, or its session died and the coordinator re-queued it
-            assert kernel is not None
-            self.current = assign
-            message = self._compute(assign, welcome, kernel)
-            self.current = None
-            loop.call_soon_threadsafe(self._finished, assign.attempt, message)
+            ):  # cancelled, or its session died and the coordinator re-queued it
+                prefetch.discard(assign.attempt)
+            else:
+                assert kernel is not None
+                if item is not None:
+                    prefetch.start(item[1].attempt, item[1].url)
+                self.current = assign
+                message = self._compute(assign, welcome, kernel, prefetch)
+                self.current = None
+                loop.call_soon_threadsafe(self._finished, assign.attempt, message)
+            if item is None:
+                item = self.queue.get()
 
     def _finished(self, attempt: int, message: p.Result | p.Failed) -> None:
         self.tasks_done += 1
@@ -211,11 +223,13 @@ class Worker:
         conn = self.conn
         return conn if conn is not None and conn.usable else None
 
-    def _compute(self, assign: p.Assign, welcome: p.Welcome, kernel: Kernel) -> p.Result | p.Failed:
+    def _compute(
+        self, assign: p.Assign, welcome: p.Welcome, kernel: Kernel, prefetch: Prefetcher
+    ) -> p.Result | p.Failed:
         started = time.perf_counter()
         try:
             query = welcome.query
-            with open_partition(assign.url) as stream:
+            with prefetch.take(assign.attempt, assign.url) as stream:
                 counts = kernel(
                     stream,
                     only=query.domain if query.kind == "domain" else None,

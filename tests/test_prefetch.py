@@ -1,0 +1,44 @@
+"""The next partition is made ready while the current one computes, local or remote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLE, serve_http
+from tally.errors import PartitionError
+from tally.kernels.fast import count_domains
+from tally.prefetch import Prefetcher
+
+
+def test_local_and_remote_prefetch_give_the_same_bytes(tmp_path: Path) -> None:
+    data = SAMPLE.read_bytes()
+    (tmp_path / "p.tsv").write_bytes(data)
+    with serve_http(tmp_path) as root:
+        for max_bytes in (1 << 20, 1000):  # whole download, and a head followed by a stream
+            prefetch = Prefetcher(max_bytes=max_bytes)
+            prefetch.start(1, f"{root}/p.tsv")
+            prefetch.start(2, str(tmp_path / "p.tsv"))
+            with prefetch.take(1, f"{root}/p.tsv") as remote:
+                assert remote.read() == data
+            with prefetch.take(2, str(tmp_path / "p.tsv")) as local:
+                assert count_domains(local).counts[b"google.ru"] == 5
+        with Prefetcher().take(3, f"{root}/p.tsv") as direct:  # never started: opened now
+            assert direct.read() == data
+
+
+def test_missing_partitions_fail_on_take_and_discard_is_quiet(tmp_path: Path) -> None:
+    prefetch = Prefetcher()
+    with serve_http(tmp_path) as root:
+        prefetch.start(1, f"{root}/missing.tsv")
+        prefetch.start(2, str(tmp_path / "missing.tsv"))
+        with pytest.raises(PartitionError):
+            prefetch.take(1, f"{root}/missing.tsv")
+        with pytest.raises(PartitionError):
+            prefetch.take(2, str(tmp_path / "missing.tsv"))
+        prefetch.start(3, f"{root}/missing.tsv")
+        prefetch.discard(3)
+    (tmp_path / "p.tsv").write_bytes(b"1\thttp://a/\n")
+    prefetch.start(4, str(tmp_path / "p.tsv"))
+    prefetch.discard(4)
