@@ -146,3 +146,22 @@ def test_worker_leaves_cleanly_on_sigterm(
     record = stats_of(stats)
     assert record["workers_lost"] == 0
     assert record["reassigned"] >= 1
+
+
+def test_backup_attempts_overtake_a_straggler(
+    procs: Procs, repeated_filelist: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    stats = tmp_path / "stats.json"
+    coord = procs.coordinator(
+        repeated_filelist, port, "--min-workers", "3", "--domain", "go.mail", "--stats", str(stats)
+    )
+    procs.worker(port, "--task-delay", "5")  # holds two partitions for ten seconds
+    procs.worker(port)
+    procs.worker(port)
+    code, out = procs.finish(coord)
+    assert (code, out) == (0, f"{28 * 10 * 100}\n")
+    record = stats_of(stats)
+    assert sorted(w["partitions"] for w in record["workers"])[0] == 0  # the straggler
+    assert record["backup_attempts"] >= 2
+    assert record["wall_s"] < 5  # the straggler's first partition alone takes 5 s
