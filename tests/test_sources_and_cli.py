@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +176,17 @@ def reference_output_of_folder(folder: Path) -> str:
     joined = folder / "joined.data"
     joined.write_bytes(b"".join(p.read_bytes() for p in sorted(folder.glob("part-*.tsv"))))
     return reference_output(joined, QuerySpec("top", k=25))
+
+
+def test_run_fails_when_all_its_workers_die(procs: Procs, repeated_filelist: Path) -> None:
+    run = procs.start("run", str(repeated_filelist), "--workers", "2")
+    deadline = time.monotonic() + 20
+    children: list[str] = []
+    while len(children) < 2 and time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True)
+        children = found.stdout.split()
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    code, out = procs.finish(run)
+    assert (code, out) == (1, "")
+    assert "all 2 worker processes exited (status -9, -9)" in procs.stderr(run)

@@ -98,6 +98,11 @@ class Coordinator:
             await self._shutdown()
         return self._outcome()
 
+    def abort(self, reason: str) -> None:
+        """Give up on the job: :meth:`run` returns an outcome that carries ``reason``."""
+        self.scheduler.abort(reason)
+        self._finished.set()
+
     async def _shutdown(self) -> None:
         finish = self.scheduler.finished
         reason = "job failed" if finish is not None and finish.error else "job complete"

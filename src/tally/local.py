@@ -58,8 +58,15 @@ async def run_local(args: argparse.Namespace) -> int:
     coordinator = Coordinator(urls, config)
     port = await coordinator.start()
     workers = await start_workers(port, args.workers, token, ["--kernel", args.kernel])
+    job = asyncio.create_task(coordinator.run())
+    exited = asyncio.create_task(asyncio.wait([asyncio.create_task(w.wait()) for w in workers]))
     try:
-        outcome = await coordinator.run()
+        await asyncio.wait([job, exited], return_when=asyncio.FIRST_COMPLETED)
+        if not job.done():  # every worker process ended before the job did
+            codes = ", ".join(str(w.returncode) for w in workers)
+            coordinator.abort(f"all {len(workers)} worker processes exited (status {codes})")
+        outcome = await job
     finally:
+        exited.cancel()
         await stop_workers(workers)
     return report(outcome, args)

@@ -223,6 +223,12 @@ class Scheduler:
             self._check_finished(actions)
         return actions
 
+    def abort(self, reason: str) -> Finish:
+        """End the job now without a result (the shell gave up, e.g. its workers are gone)."""
+        if self.finished is None:
+            self.finished = Finish((), reason)
+        return self.finished
+
     @property
     def partitions(self) -> int:
         return len(self.state)
