@@ -14,9 +14,12 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tally.errors import ConfigError, TallyError
+
+if TYPE_CHECKING:  # the command line imports what a subcommand needs only when it runs
+    from tally.coordinator import CoordinatorConfig, Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 log = logging.getLogger("tally")
@@ -203,7 +206,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def coordinator_config(args: argparse.Namespace, token: bytes) -> Any:
+def coordinator_config(args: argparse.Namespace, token: bytes) -> CoordinatorConfig:
     from tally.coordinator import CoordinatorConfig
     from tally.protocol import QuerySpec
     from tally.scheduler import SchedulerConfig
@@ -231,7 +234,7 @@ def coordinator_config(args: argparse.Namespace, token: bytes) -> Any:
     )
 
 
-def report(outcome: Any, args: argparse.Namespace) -> int:
+def report(outcome: Outcome, args: argparse.Namespace) -> int:
     """Print the result (stdout) and the summary (stderr); write --stats/--events."""
     from tally.queries import format_result
 
@@ -243,7 +246,6 @@ def report(outcome: Any, args: argparse.Namespace) -> int:
             for record in outcome.timeline:
                 f.write(json.dumps(record) + "\n")
     if outcome.result is None:
-        log.error("job failed: %s", outcome.error)
         print(f"tally: job failed: {outcome.error}", file=sys.stderr)
         return EXIT_FAILED
     sys.stdout.buffer.write(format_result(outcome.result, args.format).encode("utf-8"))
