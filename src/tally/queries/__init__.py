@@ -62,7 +62,7 @@ class Merger:
     Python object is made per key until the final rows are printed.
     """
 
-    def __init__(self, query: QuerySpec, compact_rows: int = 1 << 20) -> None:
+    def __init__(self, query: QuerySpec, compact_rows: int = 1 << 18) -> None:
         self.query = query
         self.compact_rows = compact_rows
         self.lines = 0
