@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
 from conftest import SAMPLE, serve_http
+from tally import prefetch as prefetch_module
 from tally.errors import PartitionError
 from tally.kernels.fast import count_domains
 from tally.prefetch import Prefetcher
 
 
 def test_local_and_remote_prefetch_give_the_same_bytes(tmp_path: Path) -> None:
-    data = SAMPLE.read_bytes()
+    data = SAMPLE.read_bytes() * 100  # 2 MB: the HTTP stream returns it in several reads
     (tmp_path / "p.tsv").write_bytes(data)
     with serve_http(tmp_path) as root:
-        for max_bytes in (1 << 20, 1000):  # whole download, and a head followed by a stream
+        for max_bytes in (4 << 20, 1000):  # whole download, and a head followed by a stream
             prefetch = Prefetcher(max_bytes=max_bytes)
             prefetch.start(1, f"{root}/p.tsv")
             prefetch.start(2, str(tmp_path / "p.tsv"))
             with prefetch.take(1, f"{root}/p.tsv") as remote:
                 assert remote.read() == data
             with prefetch.take(2, str(tmp_path / "p.tsv")) as local:
-                assert count_domains(local).counts[b"google.ru"] == 5
+                assert count_domains(local).counts[b"google.ru"] == 500
         with Prefetcher().take(3, f"{root}/p.tsv") as direct:  # never started: opened now
             assert direct.read() == data
 
@@ -42,3 +44,28 @@ def test_missing_partitions_fail_on_take_and_discard_is_quiet(tmp_path: Path) ->
     (tmp_path / "p.tsv").write_bytes(b"1\thttp://a/\n")
     prefetch.start(4, str(tmp_path / "p.tsv"))
     prefetch.discard(4)
+
+
+class ShortReads(io.RawIOBase):
+    """A remote stream that, like a network one, returns at most 1000 bytes per read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = 1000 if size < 0 else min(size, 1000)
+        piece, self.data = self.data[:size], self.data[size:]
+        return piece
+
+
+def test_a_download_reads_until_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = SAMPLE.read_bytes()
+    monkeypatch.setattr(prefetch_module, "open_partition", lambda url: ShortReads(data))
+    for max_bytes in (1 << 20, 5000):
+        prefetch = Prefetcher(max_bytes=max_bytes)
+        prefetch.start(1, "http://127.0.0.1:9/p.tsv")
+        with prefetch.take(1, "http://127.0.0.1:9/p.tsv") as stream:
+            assert stream.read() == data

@@ -75,7 +75,7 @@ class Coordinator:
             self._serve_peer, self.config.host, self.config.port, limit=1 << 20
         )
         port: int = self._server.sockets[0].getsockname()[1]
-        self._t0 = self._loop.time()
+        self._t0, self._wall0 = self._loop.time(), time.time()
         log.info(
             "job %s: %d partitions, listening on %s:%d",
             self.job_id,

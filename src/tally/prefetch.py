@@ -58,15 +58,20 @@ class Prefetcher:
 
     def _download(self, url: str) -> BinaryIO:
         stream = open_partition(url)
+        data = bytearray()
         try:
-            data = stream.read(self.max_bytes + 1)
+            while len(data) <= self.max_bytes:  # a read may return less than asked: loop
+                piece = stream.read(self.max_bytes + 1 - len(data))
+                if not piece:
+                    break
+                data += piece
         except Exception as exc:
             stream.close()
             raise PartitionError(f"cannot read {url}: {exc}") from exc
         if len(data) <= self.max_bytes:
             stream.close()
             return io.BytesIO(data)
-        return io.BufferedReader(_Prefixed(data, stream))  # too large: what was read, then the rest
+        return io.BufferedReader(_Prefixed(bytes(data), stream))  # too large: head, then the rest
 
 
 def _open_local(url: str) -> BinaryIO:
@@ -98,7 +103,9 @@ class _Prefixed(io.RawIOBase):
             buffer[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        return self._rest.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
+        piece = self._rest.read(len(buffer))
+        buffer[: len(piece)] = piece
+        return len(piece)
 
     def close(self) -> None:
         self._rest.close()
