@@ -1,0 +1,342 @@
+"""`tally report`: the cost model and the analysis functions with exact numbers, and one real
+`tally report --quick` run whose report.md, plots, results.json and raw records must agree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import pytest
+
+from tally.errors import ConfigError
+from tally.report import cost
+from tally.report.experiments import scaling_stop, speedup_rows
+from tally.report.throttled_http import TokenBucket
+from tally.report.timeline import attempts, committed_per_worker, recovery
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# --- the cost model ---------------------------------------------------------------------------
+
+VM = cost.VmPrices("test vm", 0.36, 2, 60.0, 125.0, 100.0)
+SERVERLESS = cost.ServerlessPrices(0.00001, 0.2, 2.0)
+STORAGE = cost.StoragePrices(0.02, 0.0004, 0.005)
+
+
+def prices(machines: tuple[int, ...] = (1, 10, 100)) -> cost.Prices:
+    return cost.Prices(VM, SERVERLESS, STORAGE, cost.ProjectionPlan(1.0, 32, machines), "test")
+
+
+def test_vm_cost_is_per_second_with_a_minimum() -> None:
+    assert cost.vm_cost_usd(3600, 1, VM) == pytest.approx(0.36)
+    assert cost.vm_cost_usd(1800, 2, VM) == pytest.approx(0.36)
+    assert cost.vm_cost_usd(10, 3, VM) == pytest.approx(3 * 60 / 3600 * 0.36)  # the minimum
+    assert cost.vm_cost_usd(10, 3, VM, minimum=False) == pytest.approx(3 * 10 / 3600 * 0.36)
+
+
+def test_vm_cost_per_terabyte() -> None:
+    # 10**12 bytes at 10**9 bytes/s: 1000 s of one VM
+    assert cost.vm_usd_per_tb(1e9, VM) == pytest.approx(0.1)
+
+
+def test_serverless_storage_and_requests() -> None:
+    assert cost.serverless_usd(100.0, 1e6, SERVERLESS) == pytest.approx(0.002 + 0.2)
+    assert cost.storage_usd_per_month(1e12, STORAGE) == pytest.approx(20.0)
+    assert cost.get_requests_usd(29_803, STORAGE) == pytest.approx(11.9212e-3)
+
+
+def test_coordinator_limit() -> None:
+    assert cost.coordinator_tasks_per_s(0.0001, 0.0004) == pytest.approx(2000.0)
+    # 2000 tasks/s of 32 MiB each against machines of 100 MB/s
+    assert cost.bottleneck_machines(2000, 32 * 2**20, 100e6) == pytest.approx(671.08864)
+
+
+def test_projection_picks_the_lowest_limit() -> None:
+    p = prices()
+    disk = cost.project(1, 1e12, 32 * 2**20, 500e6, "local disk", p, 2000.0, 0.5)
+    assert (disk.bound, disk.rate_bytes_s) == ("disk", 125e6)
+    assert disk.time_s == pytest.approx(8000.5)
+    assert disk.vm_usd == pytest.approx(8000.5 / 3600 * 0.36)
+    assert disk.requests_usd == 0.0
+    net = cost.project(10, 1e12, 32 * 2**20, 500e6, "object storage", p, 2000.0, 0.0)
+    assert (net.bound, net.rate_bytes_s) == ("network", 1000e6)
+    assert net.time_s == pytest.approx(1000.0)
+    assert net.vm_usd == pytest.approx(10 * 1000 / 3600 * 0.36)
+    assert net.requests_usd == pytest.approx(29_803 / 1000 * 0.0004)
+    assert net.total_usd == pytest.approx(net.vm_usd + net.requests_usd)
+    cpu = cost.project(2, 1e12, 32 * 2**20, 50e6, "local disk", p, 2000.0, 0.0)
+    assert (cpu.bound, cpu.rate_bytes_s) == ("CPU", 100e6)
+    coord = cost.project(1000, 1e12, 2**20, 500e6, "local disk", p, 100.0, 0.0)
+    assert (coord.bound, coord.rate_bytes_s) == ("coordinator", 100 * 2**20)
+
+
+def test_default_prices_and_overrides(tmp_path: Path) -> None:
+    defaults = cost.load_prices()
+    assert defaults.vm.usd_per_hour == 0.1008
+    assert defaults.object_storage.usd_per_gb_month == 0.023
+    assert defaults.projection.machines == (1, 10, 100)
+    override = tmp_path / "prices.toml"
+    override.write_text("[vm]\nusd_per_hour = 1.5\n[projection]\nmachines = [2, 4]\n")
+    mine = cost.load_prices(str(override))
+    assert mine.vm.usd_per_hour == 1.5 and mine.vm.vcpus == defaults.vm.vcpus
+    assert mine.projection.machines == (2, 4)
+    assert mine.serverless == defaults.serverless
+    for bad in ("[vm]\nusd_per_hr = 1\n", "[vm]\nusd_per_hour = -1\n", "[gpu]\nx = 1\n", "[vm"):
+        override.write_text(bad)
+        with pytest.raises(ConfigError):
+            cost.load_prices(str(override))
+
+
+# --- the analysis -----------------------------------------------------------------------------
+
+
+def test_token_bucket_paces_to_its_rate() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=1000.0, capacity=100.0, clock=lambda: now[0])
+    assert bucket.take(100) == 0.0  # the burst
+    assert bucket.take(50) == pytest.approx(0.05)  # 50 bytes of debt at 1000 B/s
+    now[0] = 0.05
+    assert bucket.take(100) == pytest.approx(0.1)
+    now[0] = 10.0
+    assert bucket.take(100) == 0.0  # refilled, but never beyond the capacity
+    assert bucket.take(1) == pytest.approx(0.001)
+
+
+def run(workers: int, job_s: float) -> dict[str, Any]:
+    return {"workers": workers, "job_s": job_s, "data_bytes": 8_000_000, "ready_s": 0.5,
+            "bytes_ok": True, "result_ok": True}  # fmt: skip
+
+
+def test_speedup_rows_and_where_scaling_stops() -> None:
+    rows = speedup_rows([run(1, 8.0), run(2, 4.0), run(2, 5.0), run(4, 2.5), run(8, 2.4)])
+    assert [r["workers"] for r in rows] == [1, 2, 4, 8]
+    assert [r["job_s"] for r in rows] == [8.0, 4.0, 2.5, 2.4]  # the fastest run
+    assert [r["runs"] for r in rows] == [1, 2, 1, 1]
+    assert [r["speedup"] for r in rows] == pytest.approx([1.0, 2.0, 3.2, 8 / 2.4])
+    assert rows[2]["efficiency"] == pytest.approx(0.8)
+    assert rows[0]["mb_s"] == pytest.approx(1.0)
+    assert scaling_stop(rows) == 4  # 3.33 is less than 1.15 x 3.2
+    assert scaling_stop(rows[:3]) is None
+
+
+EVENTS: list[dict[str, Any]] = [
+    {"t": 0.0, "event": "joined", "worker": 1},
+    {"t": 0.0, "event": "joined", "worker": 2},
+    {"t": 0.1, "event": "assigned", "worker": 1, "attempt": 1, "partition": 0, "backup": False},
+    {"t": 0.1, "event": "assigned", "worker": 2, "attempt": 2, "partition": 1, "backup": False},
+    {"t": 0.1, "event": "assigned", "worker": 1, "attempt": 3, "partition": 2, "backup": False},
+    {"t": 0.2, "event": "started", "worker": 2, "attempt": 2},
+    {"t": 0.5, "event": "finished", "worker": 2, "attempt": 2, "bytes": 10, "busy_s": 0.3},
+    {"t": 0.5, "event": "committed", "worker": 2, "attempt": 2, "partition": 1, "bytes": 10},
+    {"t": 1.0, "event": "lost", "worker": 1, "reason": "connection closed"},
+    {"t": 1.0, "event": "attempt_lost", "worker": 1, "attempt": 3, "partition": 2},
+    {"t": 1.0, "event": "requeued", "partition": 2},
+    {"t": 1.0, "event": "attempt_lost", "worker": 1, "attempt": 1, "partition": 0},
+    {"t": 1.0, "event": "requeued", "partition": 0},
+    {"t": 1.0, "event": "assigned", "worker": 2, "attempt": 4, "partition": 0, "backup": False},
+    {"t": 1.0, "event": "assigned", "worker": 2, "attempt": 5, "partition": 2, "backup": False},
+    {"t": 1.5, "event": "committed", "worker": 2, "attempt": 4, "partition": 0, "bytes": 20},
+    {"t": 2.0, "event": "committed", "worker": 2, "attempt": 5, "partition": 2, "bytes": 30},
+    {"t": 2.5, "event": "finished", "worker": 3, "attempt": 1, "bytes": 20, "busy_s": 2.0},
+    {"t": 2.5, "event": "duplicate_dropped", "worker": 3, "attempt": 1},
+]
+
+
+def test_recovery_figures_from_events() -> None:
+    rec = recovery(EVENTS, worker=1, fault_t=0.75)
+    assert rec.detect_s == pytest.approx(0.25)
+    assert rec.stranded == [0, 2]
+    assert rec.recover_s == pytest.approx(1.25)  # partition 2 committed at 2.0
+    assert (rec.attempts_lost, rec.requeued, rec.bytes_redone) == (2, 2, 50)
+    assert committed_per_worker(EVENTS) == {2: 3}
+    lives = attempts(EVENTS)
+    assert lives[1].outcome == "dropped" and lives[1].lost_at == 1.0
+    assert lives[2].outcome == "committed" and lives[3].outcome == "lost"
+
+
+# --- one real `tally report --quick` ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "report", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def results_of(out: Path) -> dict[str, Any]:
+    return json.loads((out / "results.json").read_text())  # type: ignore[no-any-return]
+
+
+def table_after(markdown: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table after the line starting with ``heading``."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    rows: list[list[str]] = []
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]  # without the header and the separator
+
+
+def s3(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def mb(x: float) -> str:
+    return f"{x / 1e6:.1f}"
+
+
+def usd(x: float) -> str:
+    return f"${x:.3g}" if x < 1000 else f"${x:,.0f}"
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+@pytest.mark.timeout(240)
+def test_report_files_and_plots(report: Path) -> None:
+    for name in ("report.md", "results.json"):
+        assert (report / name).stat().st_size > 0
+    results = results_of(report)
+    assert set(results["plots"]) == {"speedup", "load", "recovery", "cost"}
+    for name in results["plots"].values():
+        png = report / name
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        height, width, _ = matplotlib.image.imread(png).shape
+        assert height > 100 and width > 100
+        assert f"]({name})" in (report / "report.md").read_text()
+    assert results["meta"]["duration_s"] < 120
+
+
+@pytest.mark.timeout(240)
+def test_every_table_figure_equals_results_json(report: Path) -> None:
+    md = (report / "report.md").read_text()
+    r = results_of(report)
+    for key, heading in (("cpu", "### Speedup: local files"), ("http", "### Speedup: HTTP")):
+        expected = []
+        for row in r["speedup"][key]["rows"]:
+            cells = [
+                str(row["workers"]),
+                s3(row["job_s"]),
+                f"{row['speedup']:.2f}",
+                f"{row['efficiency'] * 100:.0f}%",
+                f"{row['mb_s']:.1f}",
+                s3(row["ready_s"]),
+            ]
+            if key == "http":
+                cells += [str(row["max_connections"]), f"{row['transfer_mb_s']:.1f}"]
+            expected.append([*cells, yes(row["checked"])])
+        assert table_after(md, heading) == expected
+        assert [row["workers"] for row in r["speedup"][key]["rows"]] == [1, 2, 4, 8, 16]
+
+    load = r["load"]
+    assert table_after(md, "### Load per worker") == [
+        [name, str(w["id"]), str(w["pid"]), "yes" if w["slowed"] else "no", str(w["partitions"]),
+         mb(w["bytes"]), s3(w["busy_s"]), s3(w["busy_per_attempt_s"]), f"{w['share'] * 100:.0f}%"]
+        for name in ("equal", "slowed")
+        for w in load[name]["workers"]
+    ]  # fmt: skip
+    assert table_after(md, "### Load: job time") == [
+        [name, s3(load[name]["job_s"]), str(load[name]["backup_attempts"]),
+         str(load[name]["duplicates_dropped"])]
+        for name in ("equal", "slowed")
+    ]  # fmt: skip
+
+    rec = r["recovery"]
+    assert table_after(md, "### Faults") == [
+        [f["signal"], str(f["worker"]), str(f["pid"]), s3(f["at_s"]), s3(f["lost_at_s"]),
+         s3(f["detect_s"]), str(f["stranded_partitions"]), s3(f["recovered_at_s"]),
+         s3(f["recover_s"]), str(f["attempts_lost"]), str(f["requeued"]), mb(f["bytes_redone"])]
+        for f in rec["faults"]
+    ]  # fmt: skip
+    assert table_after(md, "### Recovery: cost") == [
+        [s3(rec["job_s"]), s3(rec["baseline_job_s"]), s3(rec["extra_s"]), str(rec["attempts"]),
+         str(rec["workers_lost"]), str(rec["duplicates_dropped"]), str(rec["backup_attempts"]),
+         s3(rec["wasted_busy_s"])]
+    ]  # fmt: skip
+
+    o, c = r["overhead"], r["cost"]
+    assert table_after(md, "### Coordinator cost per task") == [
+        [str(o["tasks"]), str(o["workers"]), s3(o["job_s"]), s3(o["per_task_ms"]),
+         s3(o["merge_ms_per_partial"]), str(o["keys_per_partial"]),
+         s3(o["coordinator_ms_per_task"]), f"{c['coordinator_tasks_per_s']:.1f}"]
+    ]  # fmt: skip
+    assert table_after(md, "### Cost per job") == [
+        [j["experiment"], str(j["workers"]), mb(j["bytes"]), s3(j["job_s"]), f"{j['mb_s']:.1f}",
+         usd(j["vm_usd"]), usd(j["vm_usd_per_tb"]), s3(j["busy_s"]),
+         usd(j["serverless_usd_per_tb"])]
+        for j in c["per_job"]
+    ]  # fmt: skip
+    projection = table_after(md, "### Projection")
+    assert projection == [
+        [p["storage"], str(p["machines"]), p["bound"], f"{p['rate_bytes_s'] / 1e6:.1f}",
+         s3(p["time_s"]), usd(p["vm_usd"]), usd(p["requests_usd"]), usd(p["total_usd"])]
+        for p in c["projection"]
+    ]  # fmt: skip
+    assert sorted({int(row[1]) for row in projection}) == [1, 10, 100]
+
+
+@pytest.mark.timeout(240)
+def test_recovery_result_matches_the_reference(report: Path) -> None:
+    md = (report / "report.md").read_text()
+    rec = results_of(report)["recovery"]
+    res = rec["result"]
+    assert res["matches_reference"] and res["matches_no_failure_run"]
+    assert (res["lines"], res["malformed_lines"], res["domains"]) == (
+        res["reference_lines"], res["reference_malformed_lines"], res["reference_domains"],
+    )  # fmt: skip
+    tally_row, reference_row = table_after(md, "### Result check")
+    assert tally_row[1:] == reference_row[1:] == [
+        str(res["lines"]), str(res["malformed_lines"]), str(res["domains"])
+    ]  # fmt: skip
+    assert "Every domain count equals the reference: **yes**" in md
+    kill, stop = rec["faults"]
+    assert (kill["signal"], stop["signal"]) == ("SIGKILL", "SIGSTOP")
+    assert 0 <= kill["detect_s"] < 1.0  # a closed connection is noticed at once
+    assert rec["lease_timeout_s"] - 1.0 < stop["detect_s"] < rec["lease_timeout_s"] + 1.0
+    assert rec["workers_lost"] == 2 and rec["duplicates_dropped"] >= 1
+
+
+@pytest.mark.timeout(240)
+def test_killed_worker_events_and_per_worker_counts(report: Path) -> None:
+    rec = results_of(report)["recovery"]
+    events = [
+        json.loads(line)
+        for line in (report / "raw" / "recovery-events.jsonl").read_text().splitlines()
+    ]
+    stats = json.loads((report / "raw" / "recovery-stats.json").read_text())
+    killed = rec["faults"][0]["worker"]
+    [lost_event] = [e for e in events if e["event"] == "lost" and e["worker"] == killed]
+    assert lost_event["reason"].startswith("connection closed")
+    lost_at = lost_event["t"]
+    lost = [e for e in events if e["event"] == "attempt_lost" and e["worker"] == killed]
+    assert lost, "the killed worker held no attempt"
+    requeued = {e["partition"] for e in events if e["event"] == "requeued" and e["t"] == lost_at}
+    assert {e["partition"] for e in lost} <= requeued
+    committed = {e["partition"] for e in events if e["event"] == "committed"}
+    assert {e["partition"] for e in lost} <= committed  # and every one finished elsewhere
+    assert Counter(e["partition"] for e in events if e["event"] == "committed") == Counter(
+        range(stats["partitions"])
+    )  # each partition exactly once
+    # per worker: committed events equal --stats, in this run and in every other one
+    for stats_path in sorted((report / "raw").glob("*-stats.json")):
+        run_stats = json.loads(stats_path.read_text())
+        events_path = stats_path.with_name(stats_path.name.replace("-stats.json", "-events.jsonl"))
+        run_events = [json.loads(line) for line in events_path.read_text().splitlines()]
+        from_events = committed_per_worker(run_events)
+        assert {w["id"]: w["partitions"] for w in run_stats["workers"]} == {
+            w["id"]: from_events.get(w["id"], 0) for w in run_stats["workers"]
+        }, stats_path.name
