@@ -25,8 +25,8 @@ class SchedulerConfig:
     skip_failed: bool = False  # finish with a partial result instead of failing the job
     min_workers: int = 1  # hold assignment until this many workers have joined
     speculate: bool = True  # give slow attempts a backup on idle workers
-    backup_min_s: float = 0.5  # never back up an attempt younger than this
-    backup_factor: float = 2.0  # ... or younger than this times the median attempt time
+    backup_min_s: float = 0.2  # never back up an attempt younger than this
+    backup_factor: float = 1.5  # ... or younger than this times the median attempt time
 
 
 # --- events ----------------------------------------------------------------------------------
