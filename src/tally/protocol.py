@@ -101,11 +101,12 @@ class Heartbeat(Message, tag="heartbeat"):
 
 class Partial(msgspec.Struct):
     """A partition's partial result in a compact form: keys are concatenated in ``keys``
-    with ``ends`` (little-endian uint32 offsets), counts in ``counts`` (little-endian int64)."""
+    with ``ends`` (little-endian uint32 offsets), counts in ``counts`` (little-endian int64).
+    Decoded as views into the received frame: the coordinator copies no key bytes."""
 
-    keys: bytes
-    ends: bytes
-    counts: bytes
+    keys: memoryview
+    ends: memoryview
+    counts: memoryview
     lines: int
     malformed: int
 

@@ -26,7 +26,11 @@ def pack(result: DomainCounts) -> Partial:
     keys = list(result.counts)
     ends = np.cumsum([len(k) for k in keys], dtype=np.int64).astype(_ENDS)
     counts = np.fromiter(result.counts.values(), dtype=_COUNTS, count=len(keys))
-    return Partial(b"".join(keys), ends.tobytes(), counts.tobytes(), result.lines, result.malformed)
+    return Partial(
+        memoryview(b"".join(keys)), memoryview(ends.tobytes()), memoryview(counts.tobytes()),
+        result.lines,
+        result.malformed,
+    )  # fmt: skip
 
 
 def key_array(partial: Partial) -> pa.Array:
@@ -77,23 +81,24 @@ class Merger:
         keys = key_array(partial)
         if not len(keys):
             return
-        self._keys.append(keys.cast(pa.large_binary()))
-        self._counts.append(pa.array(np.frombuffer(partial.counts, dtype=_COUNTS)))
+        self._keys.append(keys)
+        # a copy: a view into the frame is not 8-byte aligned, and the keys stay views
+        self._counts.append(pa.array(np.frombuffer(partial.counts, dtype=_COUNTS).copy()))
         self._rows += len(keys)
         if self._rows > self.compact_rows and len(self._keys) > 1:
             self._compact()
 
     def _compact(self) -> pa.Table:
+        # chunked columns: no concatenation, so no 2 GiB limit on 32-bit binary offsets, and
+        # hashing binary is several times faster than large_binary
         table = pa.table(
             {
-                "key": pa.concat_arrays(self._keys)
-                if self._keys
-                else pa.array([], pa.large_binary()),
-                "n": pa.concat_arrays(self._counts) if self._counts else pa.array([], pa.int64()),
+                "key": pa.chunked_array(self._keys, pa.binary()),
+                "n": pa.chunked_array(self._counts, pa.int64()),
             }
         )
         table = table.group_by("key").aggregate([("n", "sum")]).rename_columns(["key", "n"])
-        self._keys, self._counts = [table["key"].combine_chunks()], [table["n"].combine_chunks()]
+        self._keys, self._counts = table["key"].chunks, table["n"].chunks
         self._rows = table.num_rows
         return table
 
