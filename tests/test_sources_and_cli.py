@@ -190,3 +190,16 @@ def test_run_fails_when_all_its_workers_die(procs: Procs, repeated_filelist: Pat
     code, out = procs.finish(run)
     assert (code, out) == (1, "")
     assert "all 2 worker processes exited (status -9, -9)" in procs.stderr(run)
+
+
+def test_an_oversized_line_is_a_counted_skip_end_to_end(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    huge = b"9\thttp://huge.ru/" + b"x" * (5 << 20) + b"\n"
+    (data / "a.tsv").write_bytes(b"1\thttp://a.ru/\n" + huge + b"2\thttp://a.ru/x\n")
+    (data / "b.tsv").write_bytes(b"3\thttp://b.ru/\n")
+    done = tally("run", str(data), "--workers", "2", "--all", "--format", "json", "-q")
+    assert done.returncode == 0
+    doc = json.loads(done.stdout)
+    assert doc["rows"] == [{"domain": "a.ru", "count": 2}, {"domain": "b.ru", "count": 1}]
+    assert (doc["lines"], doc["malformed_lines"]) == (4, 1)
