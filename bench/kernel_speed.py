@@ -3,9 +3,11 @@
     .venv/bin/python bench/kernel_speed.py        # every candidate, 1 and default threads
     .venv/bin/python bench/kernel_speed.py --data sample       # the 200 real lines, repeated
     .venv/bin/python bench/kernel_speed.py --only fast polars --parallel 2
+    .venv/bin/python bench/kernel_speed.py --only fast --file PARTITION.tsv  # a given partition
 
 Each measurement runs in a fresh subprocess (thread settings must precede the imports) and
-reports the best of ``--repeat`` runs over the whole file. Candidates:
+reports the best of ``--repeat`` runs over the whole file (generated once into
+/tmp/tally-bench, or the partition given with ``--file``). Candidates:
 
 - reference     plain Python, line by line (tally.kernels.reference)
 - fast          NumPy byte scanning + Arrow hashing of the domains (tally.kernels.fast)
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import os
 import random
@@ -35,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "reference"
+CACHE = Path("/tmp/tally-bench")  # generated partitions and reference results
 CANDIDATES = [
     "reference",
     "fast",
@@ -268,8 +272,10 @@ def spawn(candidate: str, path: Path, threads: int | None, repeat: int) -> subpr
 
 
 def expected_counts(path: Path) -> str:
-    """A JSON file with the reference result for ``path`` (computed once)."""
-    expected = path.with_name(path.name + ".expected.json")
+    """A JSON file in CACHE with the reference result for ``path`` (computed once)."""
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    expected = CACHE / f"{path.name}-{key}.expected.json"
+    CACHE.mkdir(parents=True, exist_ok=True)
     if not expected.exists() or expected.stat().st_mtime < path.stat().st_mtime:
         counts = run_reference(path)
         text = {k.decode("utf-8", "backslashreplace"): v for k, v in counts.items()}
@@ -294,7 +300,7 @@ def main() -> None:
         return
     path = args.file
     if path is None:
-        path = Path("/tmp/tally-bench") / f"kernel-{args.data}-{args.size_mib}mib.tsv"
+        path = CACHE / f"kernel-{args.data}-{args.size_mib}mib.tsv"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             make = generate if args.data == "generated" else repeat_sample

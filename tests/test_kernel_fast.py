@@ -8,6 +8,7 @@ import tracemalloc
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -125,7 +126,9 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
     partition=partitions(),
     chunk_size=st.integers(1, 64),
     record_limit=st.one_of(st.integers(0, 60), st.just(DEFAULT_RECORD_LIMIT)),
-    scan_every=st.sampled_from([0, fast._SCAN_EVERY, 1 << 40]),
+    scan_share=st.sampled_from([0, fast._SCAN_SHARE, 1 << 40]),
+    dense_share=st.sampled_from([0, fast._DENSE_SHARE, 1 << 40]),
+    merge_at=st.sampled_from([1, fast._MERGE_AT]),
     first_read=st.sampled_from([1, 3, fast._FIRST_READ]),
 )
 def test_matches_reference(
@@ -133,20 +136,43 @@ def test_matches_reference(
     partition: bytes,
     chunk_size: int,
     record_limit: int,
-    scan_every: int,
+    scan_share: int,
+    dense_share: int,
+    merge_at: int,
     first_read: int,
 ) -> None:
-    """Every query form; ``scan_every`` picks how "://" is searched for (per line with
-    ``bytes.find`` or by scanning the chunk), ``first_read`` makes the reads grow."""
+    """Every query form, with every way of working: ``scan_share`` picks how "://" is
+    searched for (in the words of the URLs or by scanning the chunk), ``dense_share`` how
+    the tabs and newlines are found, ``merge_at`` how often the distinct domains of the
+    chunks are merged, ``first_read`` makes the reads grow."""
     only = data.draw(queries(partition))
     with (
-        mock.patch.object(fast, "_SCAN_EVERY", scan_every),
+        mock.patch.object(fast, "_SCAN_SHARE", scan_share),
+        mock.patch.object(fast, "_DENSE_SHARE", dense_share),
+        mock.patch.object(fast, "_MERGE_AT", merge_at),
         mock.patch.object(fast, "_FIRST_READ", first_read),
     ):
         actual, expected = run_both(
             partition, only=only, record_limit=record_limit, chunk_size=chunk_size
         )
     assert actual == expected
+
+
+@FUZZ
+@given(
+    marks=st.one_of(
+        st.lists(st.booleans(), max_size=300),
+        st.lists(st.integers(0, 999), max_size=40).map(
+            lambda ends: [i in ends for i in range(1000)]
+        ),
+    )
+)
+def test_positions_of_marks(marks: list[bool]) -> None:
+    """Set bits are read from packed words, several in a word or none, in any mask length."""
+    mask = np.array(marks, dtype=bool)
+    for dense_share in (0, fast._DENSE_SHARE):
+        with mock.patch.object(fast, "_DENSE_SHARE", dense_share):
+            assert fast._nonzero(mask).tolist() == np.flatnonzero(mask).tolist()
 
 
 @FUZZ
@@ -244,6 +270,29 @@ def test_only_long_domains() -> None:
         assert (actual.lines, actual.malformed) == (6, 0)
     assert fast.count_domains(io.BytesIO(data), only=long).counts == {long: 2}
     assert fast.count_domains(io.BytesIO(data), only=long[:20]).counts == {}
+
+
+def test_long_urls() -> None:
+    """Domains and URLs of every length up to hundreds of bytes: the "://" and '/' searches
+    go on word after word, up to the end of the buffer (the last line has no newline)."""
+    rows = []
+    for n in range(0, 300, 7):
+        name = bytes(97 + i % 26 for i in range(n))
+        rows += [
+            b"http://" + name,
+            b"https://" + name + b"/x",
+            b"ftp:" + name + b"://" + name[:5] + b"/",
+            name + b":/" + name + b"a://b",
+            b"http:%2F%2F" + name,
+        ]
+    lines = [b"%d\t%s" % (i, url) for i, url in enumerate(rows)]
+    for tail in (b"", b"\n"):
+        data = b"\n".join(lines) + tail
+        for scan_share in (0, 1 << 40):
+            with mock.patch.object(fast, "_SCAN_SHARE", scan_share):
+                for chunk_size in (64, 1000, DEFAULT_CHUNK_SIZE):
+                    actual, expected = run_both(data, chunk_size=chunk_size)
+                    assert actual == expected
 
 
 def test_record_limit() -> None:
