@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tally.errors import ProtocolError
 from tally.kernels import DomainCounts
-from tally.protocol import QuerySpec
-from tally.queries import Merger, format_result, pack
+from tally.protocol import Partial, QuerySpec
+from tally.queries import Merger, check_partial, format_result, pack
 
 KEYS = st.binary(min_size=1, max_size=6) | st.sampled_from([b"go.mail", "яндекс".encode(), b"\xff"])
 PARTIALS = st.lists(st.dictionaries(KEYS, st.integers(1, 1000), max_size=20), max_size=12)
@@ -46,3 +49,28 @@ def test_domain_query_and_formats() -> None:
     assert format_result(missing, "text") == "0\n"
     rows = merged(QuerySpec("all"), [{b"\xff.ru": 1, "яндекс".encode(): 2}], 1).finalize()
     assert format_result(rows, "text") == "яндекс 2\n\\xff.ru 1\n"
+
+
+@pytest.mark.parametrize(
+    ("keys", "ends", "counts", "lines", "malformed"),
+    [
+        (b"abcd", [3, 1, 4], [1, 1, 1], 3, 0),  # offsets go backwards
+        (b"abc", [1, 5], [1, 1], 2, 0),  # past the end of the keys
+        (b"abcd", [1, 3], [1, 1], 2, 0),  # keys left over
+        (b"ab", [1, 2], [1], 2, 0),  # too few counts
+        (b"ab", [1, 2], [1, 1], 1, 2),  # more malformed lines than lines
+    ],
+)
+def test_malformed_partials_are_protocol_errors(
+    keys: bytes, ends: list[int], counts: list[int], lines: int, malformed: int
+) -> None:
+    partial = Partial(
+        memoryview(keys), memoryview(np.array(ends, "<u4").tobytes()),
+        memoryview(np.array(counts, "<i8").tobytes()), lines, malformed,
+    )  # fmt: skip
+    with pytest.raises(ProtocolError, match="malformed partial"):
+        check_partial(partial)
+    odd = Partial(memoryview(b"ab"), memoryview(b"\x02\x00\x00"), memoryview(b""), 1, 0)
+    with pytest.raises(ProtocolError):
+        check_partial(odd)
+    check_partial(pack(DomainCounts({b"ab": 1, b"c": 2}, lines=3)))

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,15 @@ TOKEN = "s3cret-token"
 
 
 def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return sock
+    """Connect, waiting for a coordinator that is still starting."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def read_frame(sock: socket.socket) -> p.AnyMessage | None:
@@ -142,3 +150,34 @@ def test_worker_refuses_a_coordinator_of_another_version(procs: Procs, version: 
         conn.sendall(p.encode(p.Challenge(version, os.urandom(16))))
         assert worker.wait(timeout=20) == 1
         assert f"protocol version {version}" in procs.stderr(worker)
+
+
+def test_a_worker_sending_a_malformed_partial_is_dropped(
+    procs: Procs, sample_filelist: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    stats = tmp_path / "stats.json"
+    coord = procs.coordinator(
+        sample_filelist, port, "--stats", str(stats), env={"TALLY_TOKEN": TOKEN}
+    )
+    sock, challenge = wait_challenge(port)
+    nonce = os.urandom(16)
+    hello = p.Hello(
+        p.PROTOCOL_VERSION, nonce, proof(TOKEN.encode(), b"worker", challenge.nonce, nonce), "x", 1
+    )
+    sock.sendall(p.encode(hello))
+    welcome = read_frame(sock)
+    assert isinstance(welcome, p.Welcome)
+    assign = read_frame(sock)
+    assert isinstance(assign, p.Assign)
+    backwards = struct.pack("<3I", 3, 1, 4)
+    bad = p.Partial(memoryview(b"abcd"), memoryview(backwards), memoryview(bytes(24)), 3, 0)
+    sock.sendall(p.encode(p.Result(assign.attempt, welcome.job_id, bad, 4, 0.0)))
+    answer = read_frame(sock)
+    assert isinstance(answer, p.Refused) and "malformed partial" in answer.reason
+    assert closed_by_peer(sock)
+    procs.worker(port, env={"TALLY_TOKEN": TOKEN})
+    code, out = procs.finish(coord)
+    assert (code, out) == (0, reference_output(SAMPLE, p.QuerySpec("top", k=25)))
+    record = json.loads(stats.read_text())
+    assert record["workers_lost"] == 1 and record["reassigned"] == 1

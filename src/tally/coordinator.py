@@ -18,7 +18,7 @@ from tally.errors import ProtocolError
 from tally.kernels import DEFAULT_RECORD_LIMIT
 from tally.net import Connection, accept_handshake
 from tally.progress import ProgressDisplay, Snapshot
-from tally.queries import Merger, QueryResult
+from tally.queries import Merger, QueryResult, check_partial
 
 log = logging.getLogger("tally.coordinator")
 TICK_S = 0.1
@@ -58,7 +58,6 @@ class Coordinator:
         self.scheduler = s.Scheduler(len(urls), config.scheduler)
         self.merger = Merger(config.query)
         self.conns: dict[int, Connection] = {}
-        self.names: dict[int, str] = {}
         self.refused = 0
         self._next_worker = 1
         self._finished = asyncio.Event()
@@ -172,8 +171,11 @@ class Coordinator:
             await conn.close()
             return
         worker = welcome.worker_id
+        if self._finished.is_set():  # the job ended during the handshake
+            conn.send(p.Shutdown("job complete"))
+            await conn.close()
+            return
         self.conns[worker] = conn
-        self.names[worker] = hello.name
         log.info("worker %d joined: %s from %s", worker, hello.name, conn.peer)
         self._apply(
             self.scheduler.handle(s.WorkerJoined(worker, hello.slots, self._now(), hello.name))
@@ -187,13 +189,15 @@ class Coordinator:
             reason = f"connection closed ({exc})" if str(exc) else reason
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
-            await conn.refuse(str(exc))
+            conn.send(p.Refused(str(exc)))
         if self._finished.is_set():
             return  # the shutdown closes every connection
-        if self.conns.pop(worker, None) is not None:
+        if self.conns.pop(worker, None) is not None:  # else: already left or lease expired
             log.warning("worker %d lost: %s", worker, reason)
-        await conn.close()
+        # the scheduler hears of the loss before anything can await, so nothing is assigned
+        # to a connection that is going away
         self._apply(self.scheduler.handle(s.WorkerLost(worker, self._now(), reason)))
+        await conn.close()
 
     def _event_for(self, worker: int, msg: p.AnyMessage) -> s.Event:
         now = self._now()
@@ -201,6 +205,7 @@ class Coordinator:
             case p.Heartbeat():
                 return s.HeartbeatSeen(worker, now)
             case p.Result() if msg.job_id == self.job_id:
+                check_partial(msg.partial)  # a bad one drops this worker, never the merge
                 return s.Delivered(
                     worker, msg.attempt, now, msg.partial, msg.bytes_read, msg.busy_s
                 )
@@ -230,6 +235,13 @@ class Coordinator:
     # --- actions -----------------------------------------------------------------------------
 
     def _apply(self, actions: list[s.Action]) -> None:
+        try:
+            self._carry_out(actions)
+        except Exception as exc:  # a bug here must end the job with a reason, not hang it
+            log.exception("coordinator failed")
+            self.abort(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _carry_out(self, actions: list[s.Action]) -> None:
         for action in actions:
             match action:
                 case s.Assign(worker, attempt, partition):

@@ -358,7 +358,7 @@ class Scheduler:
     def _count_failure(
         self, partition: int, now: float, error: str, fatal: bool, actions: list[Action]
     ) -> None:
-        if self.state[partition] != PartitionState.RUNNING:
+        if self.state[partition] != PartitionState.RUNNING or self.finished is not None:
             return
         self.counters.failures += 1
         self.failures[partition] += 1

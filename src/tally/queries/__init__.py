@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
+from tally.errors import ProtocolError
 from tally.kernels import DomainCounts
 from tally.protocol import Partial, QuerySpec
 
@@ -31,6 +32,19 @@ def pack(result: DomainCounts) -> Partial:
         result.lines,
         result.malformed,
     )  # fmt: skip
+
+
+def check_partial(partial: Partial) -> None:
+    """ProtocolError unless ``partial``'s buffers describe a well-formed set of keys."""
+    keys, ends, counts = len(partial.keys), len(partial.ends), len(partial.counts)
+    if ends % _ENDS.itemsize or counts != ends // _ENDS.itemsize * _COUNTS.itemsize:
+        raise ProtocolError(f"malformed partial: {ends} bytes of offsets, {counts} of counts")
+    offsets = np.frombuffer(partial.ends, dtype=_ENDS).astype(np.int64)
+    last = int(offsets[-1]) if len(offsets) else 0
+    if last != keys or keys >= 1 << 31 or (np.diff(offsets) < 0).any():
+        raise ProtocolError("malformed partial: key offsets out of order or out of bounds")
+    if not 0 <= partial.malformed <= partial.lines:
+        raise ProtocolError("malformed partial: line counts out of range")
 
 
 def key_array(partial: Partial) -> pa.Array:
