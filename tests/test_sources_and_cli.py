@@ -203,3 +203,10 @@ def test_an_oversized_line_is_a_counted_skip_end_to_end(tmp_path: Path) -> None:
     doc = json.loads(done.stdout)
     assert doc["rows"] == [{"domain": "a.ru", "count": 2}, {"domain": "b.ru", "count": 1}]
     assert (doc["lines"], doc["malformed_lines"]) == (4, 1)
+
+
+def test_sigterm_while_connecting_exits_zero_at_once(procs: Procs) -> None:
+    worker = procs.start("worker", "127.0.0.1", str(free_port()), "--connect-timeout", "30")
+    time.sleep(1.0)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=5) == 0

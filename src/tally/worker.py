@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tally import protocol as p
-from tally.errors import ProtocolError
+from tally.errors import PartitionError, ProtocolError
 from tally.kernels import DomainCounts
 from tally.net import Connection, connect_with_backoff, offer_handshake
 from tally.prefetch import Prefetcher
@@ -76,6 +76,7 @@ class Worker:
         self.exit_code = 0
         self.tasks_done = 0
         self.last_beat = 0.0  # event-loop time of the last heartbeat sent
+        self._session_task: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -87,11 +88,15 @@ class Worker:
         computing.start()
         try:
             while not self.done.is_set():
+                self._session_task = asyncio.create_task(self._session())
                 try:
-                    await self._session()
+                    await self._session_task
+                except asyncio.CancelledError:  # SIGTERM while connecting or joining
+                    break
                 except (ProtocolError, ConnectionRefusedError) as exc:  # AuthError included
-                    log.error("%s", exc)
-                    self.exit_code = 1
+                    if not self.done.is_set():
+                        log.error("%s", exc)
+                        self.exit_code = 1
                     break
                 except (EOFError, ConnectionError, OSError, TimeoutError) as exc:
                     if self.done.is_set():
@@ -111,6 +116,9 @@ class Worker:
             if isinstance(welcome, p.Shutdown):
                 log.info("coordinator: %s", welcome.reason)
                 self.done.set()
+                return
+            if self.done.is_set():  # SIGTERM arrived while joining
+                conn.send(p.Leaving([]))
                 return
             if self.welcome is not None and self.welcome.job_id != welcome.job_id:
                 self.outbox.clear()  # results of an earlier job mean nothing to this one
@@ -176,33 +184,33 @@ class Worker:
 
     def _compute_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The compute thread: run tasks one by one, hand each result to the event loop, and
-        get the next partition ready while the current one computes."""
+        get the next partition ready while the current one computes. None stops it."""
         prefetch = Prefetcher()
-        item = self.queue.get()
-        while item is not None:
+        ahead: list[tuple[int, p.Assign] | None] = []  # the next item, taken early
+        while (item := ahead.pop() if ahead else self.queue.get()) is not None:
+            with contextlib.suppress(queue.Empty):
+                ahead.append(self.queue.get_nowait())
             session, assign = item
-            try:
-                item = self.queue.get_nowait()  # the next task, if it is here already
-            except queue.Empty:
-                item = None
             welcome, kernel = self.welcome, self.kernel
             if (
                 assign.attempt in self.cancelled
                 or session != self.session
                 or welcome is None
+                or kernel is None
                 or self._silent_s() > welcome.lease_s
             ):  # cancelled, or its session died and the coordinator re-queued it
+                self.cancelled.discard(assign.attempt)
                 prefetch.discard(assign.attempt)
-            else:
-                assert kernel is not None
-                if item is not None:
-                    prefetch.start(item[1].attempt, item[1].url)
-                self.current = assign
+                continue
+            self.current = assign
+            try:
+                if ahead and (following := ahead[0]) is not None:
+                    prefetch.start(following[1].attempt, following[1].url)
                 message = self._compute(assign, welcome, kernel, prefetch)
-                self.current = None
-                loop.call_soon_threadsafe(self._finished, assign.attempt, message)
-            if item is None:
-                item = self.queue.get()
+            except Exception as exc:  # never lose the thread: the attempt fails as data
+                message = p.Failed(assign.attempt, welcome.job_id, p.ErrorInfo.from_exception(exc))
+            self.current = None
+            loop.call_soon_threadsafe(self._finished, assign.attempt, message)
 
     def _finished(self, attempt: int, message: p.Result | p.Failed) -> None:
         self.tasks_done += 1
@@ -236,10 +244,18 @@ class Worker:
                     record_limit=welcome.record_limit,
                 )
             self._inject_delay(time.perf_counter() - started)
+            partial = pack(counts)
+            size = len(partial.keys) + len(partial.ends) + len(partial.counts)
+            if size > p.MAX_FRAME - (1 << 10):
+                raise PartitionError(
+                    f"{assign.url}: its partial of {size} bytes exceeds the frame limit "
+                    f"({p.MAX_FRAME} bytes)",
+                    retryable=False,
+                )
             return p.Result(
                 assign.attempt,
                 welcome.job_id,
-                pack(counts),
+                partial,
                 counts.bytes_read,
                 time.perf_counter() - started,
             )
@@ -259,6 +275,8 @@ class Worker:
         log.info("SIGTERM: leaving, returning %d attempt(s)", len(returned))
         if self.conn is not None:
             self.conn.send(p.Leaving(returned))
+        elif self._session_task is not None:
+            self._session_task.cancel()  # still connecting or joining
         self.done.set()
         asyncio.get_running_loop().create_task(self._close_after_leaving())
 
