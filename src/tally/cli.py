@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tally.errors import ConfigError, TallyError
 
@@ -37,6 +37,23 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 0 to 65535, not {value}")
+    return value
+
+
+def _bounded(kind: type, low: float, high: float) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {value}")
+        return value
+
+    return parse
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +86,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lease-timeout",
-        type=_positive_float,
+        type=_bounded(float, 0.3, 86400),
         default=3.0,
         metavar="S",
         help="seconds of silence after which a worker is lost (default 3)",
@@ -88,7 +105,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--record-limit",
-        type=_positive_int,
+        type=_bounded(int, 1, 1 << 30),
         default=1 << 20,
         metavar="BYTES",
         help="a longer line is malformed (default 1 MiB)",
@@ -101,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     coord = sub.add_parser("coordinator", help="run one job for the workers that connect")
     coord.add_argument("source", help="file list, folder or glob of partitions")
-    coord.add_argument("port", type=int)
+    coord.add_argument("port", type=_port)
     coord.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
@@ -110,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     work = sub.add_parser("worker", help="work for a coordinator until its job ends")
     work.add_argument("host")
-    work.add_argument("port", type=int)
+    work.add_argument("port", type=_port)
     work.add_argument(
         "--slots",
         type=_positive_int,
@@ -194,7 +211,7 @@ def read_token(args: argparse.Namespace) -> bytes:
                 return f.read().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read token file: {exc}") from exc
-    return os.environ.get("TALLY_TOKEN", "").encode()
+    return os.environ.get("TALLY_TOKEN", "").strip().encode()
 
 
 def _is_loopback(host: str) -> bool:
@@ -234,10 +251,19 @@ def coordinator_config(args: argparse.Namespace, token: bytes) -> CoordinatorCon
     )
 
 
-def report(outcome: Outcome, args: argparse.Namespace) -> int:
-    """Print the result (stdout) and the summary (stderr); write --stats/--events."""
-    from tally.queries import format_result
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail before the job, not after it, when --stats or --events cannot be written."""
+    for option in ("stats", "events"):
+        path = getattr(args, option)
+        if path:
+            try:
+                with open(path, "a", encoding="utf-8"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"cannot write --{option} {path}: {exc.strerror}") from exc
 
+
+def _write_records(outcome: Outcome, args: argparse.Namespace) -> None:
     if args.stats:
         with open(args.stats, "w", encoding="utf-8") as f:
             json.dump(outcome.stats, f, indent=2)
@@ -245,6 +271,13 @@ def report(outcome: Outcome, args: argparse.Namespace) -> int:
         with open(args.events, "w", encoding="utf-8") as f:
             for record in outcome.timeline:
                 f.write(json.dumps(record) + "\n")
+
+
+def report(outcome: Outcome, args: argparse.Namespace) -> int:
+    """Print the result (stdout) and the summary (stderr); write --stats/--events."""
+    from tally.queries import format_result
+
+    _write_records(outcome, args)
     if outcome.result is None:
         print(f"tally: job failed: {outcome.error}", file=sys.stderr)
         return EXIT_FAILED
@@ -282,6 +315,7 @@ async def _coordinate(args: argparse.Namespace) -> int:
             f"refusing to listen on {args.host} without a cluster token: "
             "set TALLY_TOKEN or pass --token-file"
         )
+    check_outputs(args)
     urls = expand_source(args.source)
     coordinator = Coordinator(urls, coordinator_config(args, token))
     try:

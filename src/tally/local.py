@@ -9,7 +9,7 @@ import os
 import secrets
 import sys
 
-from tally.cli import coordinator_config, report
+from tally.cli import check_outputs, coordinator_config, report
 from tally.coordinator import Coordinator
 from tally.storage import expand_source
 
@@ -35,6 +35,7 @@ async def start_workers(
             *extra_args,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,  # stdout carries the result alone
         )
         for _ in range(count)
     ]
@@ -51,22 +52,38 @@ async def stop_workers(workers: list[asyncio.subprocess.Process]) -> None:
         await asyncio.gather(*(w.wait() for w in workers))
 
 
+async def watch_workers(
+    coordinator: Coordinator, workers: list[asyncio.subprocess.Process]
+) -> None:
+    """Abort the job when it can no longer finish: every worker process has exited, or one
+    exited before the job could start (it waits for all of them to join)."""
+    pending = {asyncio.create_task(w.wait()) for w in workers}
+    while pending:
+        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if not pending or not coordinator.scheduler.started:
+            codes = ", ".join(str(w.returncode) for w in workers if w.returncode is not None)
+            gone = len(workers) - len(pending)
+            every = "all " if not pending else ""
+            coordinator.abort(
+                f"{every}{gone} of {len(workers)} worker processes exited (status {codes}) "
+                "before the job ended"
+            )
+            return
+
+
 async def run_local(args: argparse.Namespace) -> int:
     token = secrets.token_hex(16).encode()
+    check_outputs(args)
     urls = expand_source(args.source)
     config = coordinator_config(args, token)
     coordinator = Coordinator(urls, config)
     port = await coordinator.start()
     workers = await start_workers(port, args.workers, token, ["--kernel", args.kernel])
     job = asyncio.create_task(coordinator.run())
-    exited = asyncio.create_task(asyncio.wait([asyncio.create_task(w.wait()) for w in workers]))
+    watch = asyncio.create_task(watch_workers(coordinator, workers))
     try:
-        await asyncio.wait([job, exited], return_when=asyncio.FIRST_COMPLETED)
-        if not job.done():  # every worker process ended before the job did
-            codes = ", ".join(str(w.returncode) for w in workers)
-            coordinator.abort(f"all {len(workers)} worker processes exited (status {codes})")
         outcome = await job
         return report(outcome, args)  # the result first; workers finish leaving meanwhile
     finally:
-        exited.cancel()
+        watch.cancel()
         await stop_workers(workers)
