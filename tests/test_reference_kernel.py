@@ -25,6 +25,8 @@ def run(data: bytes, **kw: int) -> tuple[dict[bytes, int], int, int]:
         (b"1\thttp://a.ru/x\r\n", {b"a.ru": 1}, 1, 0),  # \r before \n dropped
         (b"1\thttp://a.ru\r\r\n", {b"a.ru\r": 1}, 1, 0),  # only one \r dropped
         (b"1\thttp://a.ru", {b"a.ru": 1}, 1, 0),  # last line without \n
+        (b"1\thttp://a.ru\r", {b"a.ru": 1}, 1, 0),  # ... ending in \r: read as if \n followed
+        (b"1\thttp://a.ru\n\r", {b"a.ru": 1}, 1, 0),  # a lone \r at the end: a blank line
         (b"\n\r\n\n1\thttp://a.ru\n\n", {b"a.ru": 1}, 1, 0),  # blank lines skipped, not counted
         (b"1\thttp://a.ru/x\textra\tcols\n", {b"a.ru": 1}, 1, 0),  # URL is column 2
         (b"no tab at all\n", {}, 1, 1),  # fewer than two columns
@@ -70,6 +72,8 @@ def test_record_limit(chunk_size: int) -> None:
     too_long = b"1\thttp://a.ru/xxx"  # 17 bytes
     data = ok + b"\n" + too_long + b"\n" + too_long + b"\r\n" + ok
     assert run(data, record_limit=limit, chunk_size=chunk_size) == ({b"a.ru": 2}, 4, 2)
+    # the limit counts the \r too: 16 bytes plus \r is over
+    assert run(ok + b"\r\n", record_limit=limit, chunk_size=chunk_size) == ({}, 1, 1)
     assert run(too_long, record_limit=limit, chunk_size=chunk_size) == ({}, 1, 1)
 
 

@@ -34,13 +34,3 @@ class PartitionError(TallyError):
     """A partition could not be read or processed; another attempt may succeed."""
 
     retryable = True
-
-
-class JobFailed(TallyError):
-    """The job cannot produce a complete result (a partition failed too often)."""
-
-
-ERROR_TYPES: dict[str, type[TallyError]] = {
-    cls.__name__: cls
-    for cls in (TallyError, ConfigError, ProtocolError, AuthError, PartitionError, JobFailed)
-}

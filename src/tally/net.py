@@ -110,6 +110,8 @@ async def accept_handshake(
         raise ProtocolError("no hello within the handshake timeout") from exc
     if not isinstance(hello, Hello):
         raise ProtocolError(f"expected hello, got {type(hello).__name__}")
+    if len(hello.nonce) != NONCE_BYTES:
+        raise ProtocolError(f"hello with a nonce of {len(hello.nonce)} bytes, not {NONCE_BYTES}")
     if hello.version != PROTOCOL_VERSION:
         reason = f"protocol version {hello.version} not supported (need {PROTOCOL_VERSION})"
         await conn.refuse(reason)
@@ -148,7 +150,7 @@ async def offer_handshake(
             slots,
         )
     )
-    answer = await asyncio.wait_for(conn.receive(), HANDSHAKE_TIMEOUT_S)
+    answer = await asyncio.wait_for(conn.receive(MAX_HANDSHAKE_FRAME), HANDSHAKE_TIMEOUT_S)
     if isinstance(answer, Refused):
         if "token" in answer.reason:
             raise AuthError(f"refused by coordinator: {answer.reason}")

@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from tally.errors import ERROR_TYPES, ProtocolError, TallyError
+from tally.errors import ProtocolError, TallyError
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
@@ -133,11 +133,6 @@ class ErrorInfo(msgspec.Struct):
         if isinstance(exc, TallyError):
             return cls(type(exc).__name__, exc.message, exc.retryable)
         return cls(type(exc).__name__, str(exc) or repr(exc), True)
-
-    def to_exception(self) -> TallyError:
-        return ERROR_TYPES.get(self.type, TallyError)(
-            f"{self.type}: {self.message}", retryable=self.retryable
-        )
 
 
 class Failed(Message, tag="failed"):

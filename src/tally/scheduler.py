@@ -17,6 +17,8 @@ from typing import Any
 
 # --- configuration ---------------------------------------------------------------------------
 
+MAX_SLOTS = 16
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -144,7 +146,6 @@ class Attempt:
     partition: int
     worker: int
     assigned_at: float
-    backup: bool = False
 
 
 @dataclass
@@ -233,15 +234,11 @@ class Scheduler:
     def partitions(self) -> int:
         return len(self.state)
 
-    def live_workers(self) -> list[WorkerState]:
-        return [w for w in self.workers.values() if not w.gone]
-
     # --- event handlers ----------------------------------------------------------------------
 
     def _join(self, event: WorkerJoined, actions: list[Action]) -> None:
-        self.workers[event.worker] = WorkerState(
-            event.worker, event.name, max(1, event.slots), event.now
-        )
+        slots = min(max(1, event.slots), MAX_SLOTS)  # no worker may take the whole queue
+        self.workers[event.worker] = WorkerState(event.worker, event.name, slots, event.now)
         self._record(event.now, "joined", worker=event.worker)
         if not self.started and len(self.workers) >= self.config.min_workers:
             self.started, self.started_at = True, event.now
@@ -431,7 +428,7 @@ class Scheduler:
     def _start_attempt(
         self, partition: int, worker: WorkerState, now: float, actions: list[Action], backup: bool
     ) -> None:
-        attempt = Attempt(self._next_attempt, partition, worker.id, now, backup)
+        attempt = Attempt(self._next_attempt, partition, worker.id, now)
         self._next_attempt += 1
         self.attempts[attempt.id] = attempt
         self.partition_attempts.setdefault(partition, set()).add(attempt.id)

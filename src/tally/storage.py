@@ -10,6 +10,7 @@ the built-in ``open`` (no fsspec overhead on the hot path); everything else via 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
@@ -82,14 +83,14 @@ def _expand(source: str) -> list[str]:
     return _parse_list(text, lambda p: f"{base}/{p}")
 
 
-def _parse_list(text: str, resolve: object) -> list[str]:
+def _parse_list(text: str, resolve: Callable[[str], str]) -> list[str]:
     urls = []
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if not is_remote(line) and not line.startswith("file://") and not os.path.isabs(line):
-            line = resolve(line)  # type: ignore[operator]
+            line = resolve(line)
         urls.append(line)
     return urls
 
