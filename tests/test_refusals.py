@@ -181,3 +181,36 @@ def test_a_worker_sending_a_malformed_partial_is_dropped(
     assert (code, out) == (0, reference_output(SAMPLE, p.QuerySpec("top", k=25)))
     record = json.loads(stats.read_text())
     assert record["workers_lost"] == 1 and record["reassigned"] == 1
+
+
+def test_a_worker_sending_a_large_frame_slowly_stays_alive(
+    procs: Procs, sample_filelist: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    stats = tmp_path / "stats.json"
+    coord = procs.coordinator(
+        sample_filelist, port, "--lease-timeout", "1", "--stats", str(stats),
+        env={"TALLY_TOKEN": TOKEN},
+    )  # fmt: skip
+    sock, challenge = wait_challenge(port)
+    nonce = os.urandom(16)
+    hello = p.Hello(
+        p.PROTOCOL_VERSION, nonce, proof(TOKEN.encode(), b"worker", challenge.nonce, nonce), "x", 1
+    )
+    sock.sendall(p.encode(hello))
+    welcome = read_frame(sock)
+    assign = read_frame(sock)
+    assert isinstance(welcome, p.Welcome) and isinstance(assign, p.Assign)
+    # a 4 MB error report, sent at 1 MB/s: four times the lease, with no heartbeat between
+    error = p.ErrorInfo("PartitionError", "x" * (4 << 20), True)
+    frame = p.encode(p.Failed(assign.attempt, welcome.job_id, error))
+    for start in range(0, len(frame), 1 << 18):
+        sock.sendall(frame[start : start + (1 << 18)])
+        time.sleep(0.25)
+    sock.close()
+    procs.worker(port, env={"TALLY_TOKEN": TOKEN})
+    code, out = procs.finish(coord)
+    assert (code, out) == (0, reference_output(SAMPLE, p.QuerySpec("top", k=25)))
+    record = json.loads(stats.read_text())
+    assert record["failed_attempts"] == 2  # the reported failure, then the closed connection
+    assert "silent" not in procs.stderr(coord)

@@ -182,8 +182,12 @@ class Coordinator:
         )
         reason = "connection closed"
         try:
+
+            def receiving() -> None:  # a large frame is arriving: the worker is alive
+                self._apply(self.scheduler.handle(s.HeartbeatSeen(worker, self._now())))
+
             while True:
-                event = self._event_for(worker, await conn.receive())
+                event = self._event_for(worker, await conn.receive(progress=receiving))
                 self._apply(self.scheduler.handle(event))
         except (EOFError, ConnectionError, OSError) as exc:
             reason = f"connection closed ({exc})" if str(exc) else reason

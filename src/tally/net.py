@@ -40,6 +40,7 @@ from tally.protocol import (
 log = logging.getLogger("tally.net")
 HANDSHAKE_TIMEOUT_S = 5.0
 NONCE_BYTES = 16
+PIECE = 1 << 20  # frames larger than this are read in pieces of this size
 
 
 class Connection:
@@ -54,19 +55,26 @@ class Connection:
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    async def receive(self, limit: int = MAX_FRAME) -> AnyMessage:
-        """The next message; EOFError when the peer closed, ProtocolError on a bad frame."""
+    async def receive(
+        self, limit: int = MAX_FRAME, progress: Callable[[], None] | None = None
+    ) -> AnyMessage:
+        """The next message; EOFError when the peer closed, ProtocolError on a bad frame.
+
+        A large frame is read piece by piece, calling ``progress`` after each piece: a peer
+        busy sending one is alive, although its heartbeats queue behind the frame."""
         try:
             header = await self.reader.readexactly(HEADER.size)
+            (length,) = HEADER.unpack(header)
+            check_length(length, limit)
+            if length <= PIECE or progress is None:
+                return decode(await self.reader.readexactly(length))
+            payload = bytearray()
+            while len(payload) < length:
+                payload += await self.reader.readexactly(min(PIECE, length - len(payload)))
+                progress()
+            return decode(payload)
         except asyncio.IncompleteReadError as exc:
             raise EOFError("connection closed") from exc
-        (length,) = HEADER.unpack(header)
-        check_length(length, limit)
-        try:
-            payload = await self.reader.readexactly(length)
-        except asyncio.IncompleteReadError as exc:
-            raise EOFError("connection closed inside a frame") from exc
-        return decode(payload)
 
     @property
     def usable(self) -> bool:

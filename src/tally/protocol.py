@@ -173,7 +173,7 @@ def encode(message: Message) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def decode(payload: bytes) -> AnyMessage:
+def decode(payload: bytes | bytearray) -> AnyMessage:
     """A message from a frame's payload; ProtocolError if it is not one."""
     try:
         message: AnyMessage = _decoder.decode(payload)
