@@ -39,12 +39,15 @@ def check_partial(partial: Partial) -> None:
     keys, ends, counts = len(partial.keys), len(partial.ends), len(partial.counts)
     if ends % _ENDS.itemsize or counts != ends // _ENDS.itemsize * _COUNTS.itemsize:
         raise ProtocolError(f"malformed partial: {ends} bytes of offsets, {counts} of counts")
-    offsets = np.frombuffer(partial.ends, dtype=_ENDS).astype(np.int64)
-    last = int(offsets[-1]) if len(offsets) else 0
-    if last != keys or keys >= 1 << 31 or (np.diff(offsets) < 0).any():
-        raise ProtocolError("malformed partial: key offsets out of order or out of bounds")
     if not 0 <= partial.malformed <= partial.lines:
         raise ProtocolError("malformed partial: line counts out of range")
+    if not ends:
+        if keys:
+            raise ProtocolError("malformed partial: key bytes without offsets")
+        return
+    offsets = np.frombuffer(partial.ends, dtype=_ENDS)
+    if int(offsets[-1]) != keys or keys >= 1 << 31 or (np.diff(offsets.astype(np.int64)) < 0).any():
+        raise ProtocolError("malformed partial: key offsets out of order or out of bounds")
 
 
 def key_array(partial: Partial) -> pa.Array:
