@@ -65,6 +65,26 @@ def wait_challenge(port: int) -> tuple[socket.socket, p.Challenge]:
     return sock, challenge
 
 
+def say_hello(port: int, version: int = p.PROTOCOL_VERSION) -> tuple[socket.socket, p.AnyMessage]:
+    """Handshake as a worker that knows the token; the coordinator's answer."""
+    sock, challenge = wait_challenge(port)
+    nonce = os.urandom(16)
+    mine = proof(TOKEN.encode(), b"worker", challenge.nonce, nonce)
+    sock.sendall(p.encode(p.Hello(version, nonce, mine, "x", 1)))
+    answer = read_frame(sock)
+    if isinstance(answer, p.Welcome):  # the coordinator proves the token in turn
+        assert answer.proof == proof(TOKEN.encode(), b"coordinator", nonce, challenge.nonce)
+    return sock, answer
+
+
+def join(port: int) -> tuple[socket.socket, p.Welcome, p.Assign]:
+    """Join as a worker and take the first assignment."""
+    sock, welcome = say_hello(port)
+    assign = read_frame(sock)
+    assert isinstance(welcome, p.Welcome) and isinstance(assign, p.Assign)
+    return sock, welcome, assign
+
+
 def test_bad_peers_are_refused_and_the_job_completes(
     procs: Procs, sample_filelist: Path, tmp_path: Path
 ) -> None:
@@ -95,23 +115,13 @@ def test_bad_peers_are_refused_and_the_job_completes(
     assert closed_by_peer(sock)
 
     # 5. another protocol version is told why
-    sock, challenge = wait_challenge(port)
-    nonce = os.urandom(16)
-    hello = p.Hello(99, nonce, proof(TOKEN.encode(), b"worker", challenge.nonce, nonce), "x", 1)
-    sock.sendall(p.encode(hello))
-    answer = read_frame(sock)
+    sock, answer = say_hello(port, version=99)
     assert isinstance(answer, p.Refused) and "version 99" in answer.reason
     assert closed_by_peer(sock)
 
     # 6. a worker that joins properly, then sends an oversized frame, is dropped as lost
-    sock, challenge = wait_challenge(port)
-    hello = p.Hello(
-        p.PROTOCOL_VERSION, nonce, proof(TOKEN.encode(), b"worker", challenge.nonce, nonce), "x", 1
-    )
-    sock.sendall(p.encode(hello))
-    welcome = read_frame(sock)
+    sock, welcome = say_hello(port)
     assert isinstance(welcome, p.Welcome)
-    assert welcome.proof == proof(TOKEN.encode(), b"coordinator", nonce, challenge.nonce)
     sock.sendall(struct.pack(">I", p.MAX_FRAME + 1))
     assert closed_by_peer(sock)
 
@@ -160,16 +170,7 @@ def test_a_worker_sending_a_malformed_partial_is_dropped(
     coord = procs.coordinator(
         sample_filelist, port, "--stats", str(stats), env={"TALLY_TOKEN": TOKEN}
     )
-    sock, challenge = wait_challenge(port)
-    nonce = os.urandom(16)
-    hello = p.Hello(
-        p.PROTOCOL_VERSION, nonce, proof(TOKEN.encode(), b"worker", challenge.nonce, nonce), "x", 1
-    )
-    sock.sendall(p.encode(hello))
-    welcome = read_frame(sock)
-    assert isinstance(welcome, p.Welcome)
-    assign = read_frame(sock)
-    assert isinstance(assign, p.Assign)
+    sock, welcome, assign = join(port)
     backwards = struct.pack("<3I", 3, 1, 4)
     bad = p.Partial(memoryview(b"abcd"), memoryview(backwards), memoryview(bytes(24)), 3, 0)
     sock.sendall(p.encode(p.Result(assign.attempt, welcome.job_id, bad, 4, 0.0)))
@@ -192,15 +193,7 @@ def test_a_worker_sending_a_large_frame_slowly_stays_alive(
         sample_filelist, port, "--lease-timeout", "1", "--stats", str(stats),
         env={"TALLY_TOKEN": TOKEN},
     )  # fmt: skip
-    sock, challenge = wait_challenge(port)
-    nonce = os.urandom(16)
-    hello = p.Hello(
-        p.PROTOCOL_VERSION, nonce, proof(TOKEN.encode(), b"worker", challenge.nonce, nonce), "x", 1
-    )
-    sock.sendall(p.encode(hello))
-    welcome = read_frame(sock)
-    assign = read_frame(sock)
-    assert isinstance(welcome, p.Welcome) and isinstance(assign, p.Assign)
+    sock, welcome, assign = join(port)
     # a 4 MB error report, sent at 1 MB/s: four times the lease, with no heartbeat between
     error = p.ErrorInfo("PartitionError", "x" * (4 << 20), True)
     frame = p.encode(p.Failed(assign.attempt, welcome.job_id, error))
