@@ -187,7 +187,6 @@ class Scheduler:
         self.counters = Counters()
         self.durations: list[float] = []
         self.timeline: list[dict[str, Any]] = []
-        self.started = False
         self.started_at: float | None = None  # when min_workers had joined
         self.finished: Finish | None = None
         self._next_attempt = 1
@@ -214,9 +213,9 @@ class Scheduler:
                 self._touch(event.worker, event.now)
                 self._fail(event, actions)
             case WorkerLost():
-                self._lose(event.worker, event.now, event.reason, actions)
+                self._remove(event.worker, event.now, actions, lost_because=event.reason)
             case WorkerLeft():
-                self._leave(event, actions)
+                self._remove(event.worker, event.now, actions, lost_because=None)
             case Tick():
                 self._expire_leases(event.now, actions)
         if self.finished is None:
@@ -231,6 +230,11 @@ class Scheduler:
         return self.finished
 
     @property
+    def started(self) -> bool:
+        """Whether assignment has begun (min_workers had joined once)."""
+        return self.started_at is not None
+
+    @property
     def partitions(self) -> int:
         return len(self.state)
 
@@ -241,7 +245,7 @@ class Scheduler:
         self.workers[event.worker] = WorkerState(event.worker, event.name, slots, event.now)
         self._record(event.now, "joined", worker=event.worker)
         if not self.started and len(self.workers) >= self.config.min_workers:
-            self.started, self.started_at = True, event.now
+            self.started_at = event.now
 
     def _touch(self, worker: int, now: float) -> None:
         state = self.workers.get(worker)
@@ -302,35 +306,29 @@ class Scheduler:
         )
         self._count_failure(attempt.partition, event.now, event.error, not event.retryable, actions)
 
-    def _lose(self, worker_id: int, now: float, reason: str, actions: list[Action]) -> None:
+    def _remove(
+        self, worker_id: int, now: float, actions: list[Action], lost_because: str | None
+    ) -> None:
+        """A worker is gone: lost (its attempts count as failures) or left (they do not)."""
         worker = self.workers.get(worker_id)
         if worker is None or worker.gone:
             return
-        worker.gone = worker.lost = True
-        self.counters.workers_lost += 1
-        self._record(now, "lost", worker=worker_id, reason=reason)
+        worker.gone, worker.lost = True, lost_because is not None
+        if lost_because is None:
+            self._record(now, "left", worker=worker_id)
+        else:
+            self.counters.workers_lost += 1
+            self._record(now, "lost", worker=worker_id, reason=lost_because)
         for attempt_id in sorted(worker.live, reverse=True):  # re-queued in front, in order
             attempt = self.attempts[attempt_id]
             self._settle(attempt)
-            self._record(
-                now,
-                "attempt_lost",
-                worker=worker_id,
-                attempt=attempt_id,
-                partition=attempt.partition,
-            )
-            self._count_failure(attempt.partition, now, f"worker lost ({reason})", False, actions)
-
-    def _leave(self, event: WorkerLeft, actions: list[Action]) -> None:
-        worker = self.workers.get(event.worker)
-        if worker is None or worker.gone:
-            return
-        worker.gone = True
-        self._record(event.now, "left", worker=event.worker)
-        for attempt_id in sorted(worker.live, reverse=True):  # re-queued in front, in order
-            attempt = self.attempts[attempt_id]
-            self._settle(attempt)
-            self._requeue(attempt.partition, event.now)
+            if lost_because is None:
+                self._requeue(attempt.partition, now)
+                continue
+            self._record(now, "attempt_lost", worker=worker_id, attempt=attempt_id,
+                         partition=attempt.partition)  # fmt: skip
+            error = f"worker lost ({lost_because})"
+            self._count_failure(attempt.partition, now, error, False, actions)
 
     def _expire_leases(self, now: float, actions: list[Action]) -> None:
         for worker in list(self.workers.values()):
@@ -338,7 +336,7 @@ class Scheduler:
                 silent = now - worker.last_seen
                 reason = f"silent for {silent:.1f}s (lease {self.config.lease_timeout_s:g}s)"
                 actions.append(Disconnect(worker.id, reason))
-                self._lose(worker.id, now, reason, actions)
+                self._remove(worker.id, now, actions, lost_because=reason)
 
     # --- mechanics ---------------------------------------------------------------------------
 
