@@ -21,11 +21,10 @@ from tally.kernels.reference import count_domains
 from tally.protocol import QuerySpec
 from tally.queries import QueryResult, format_result
 
-# the real reference data lives in shared/, beside the repository
-REFERENCE = Path(
-    os.environ.get("TALLY_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference")
-)
-SAMPLE = REFERENCE / "clickbench-sample-200.tsv"
+# the real reference data: 200 lines of the ClickBench hits log and its published top 25
+DATA = Path(__file__).resolve().parent / "data"
+SAMPLE = DATA / "clickbench-sample-200.tsv"
+TOP25_EXPECTED = DATA / "clickbench-top25-expected.txt"
 
 
 def split_round_robin(source: Path, out_dir: Path, partitions: int) -> Path:

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TOP25_EXPECTED as EXPECTED_TOP25
 from tally.datagen import MALFORMED_FRACTION, PUBLISHED_TOP25, TOP_SHARE, generate, parse_size
 from tally.errors import ConfigError
 from tally.kernels import DomainCounts
 from tally.kernels.reference import count_domains
 
-EXPECTED_TOP25 = (
-    Path(__file__).resolve().parents[2] / "shared/reference/clickbench-top25-expected.txt"
-)
 MIB = 1 << 20
 
 
@@ -98,8 +96,6 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], list[
 
 
 def test_published_table_matches_reference_file() -> None:
-    if not EXPECTED_TOP25.exists():
-        pytest.skip(f"{EXPECTED_TOP25} not present")
     rows = [line.rsplit(" ", 1) for line in EXPECTED_TOP25.read_text("utf-8").splitlines()]
     assert [(domain, int(count)) for domain, count in rows] == list(PUBLISHED_TOP25)
 

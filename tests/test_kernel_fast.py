@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import tracemalloc
 from pathlib import Path
 from unittest import mock
@@ -13,12 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import SAMPLE
 from tally.kernels import DEFAULT_CHUNK_SIZE, DEFAULT_RECORD_LIMIT, DomainCounts, fast, reference
 
-REFERENCE = Path(
-    os.environ.get("TALLY_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference")
-)
-SAMPLE = REFERENCE / "clickbench-sample-200.tsv"
 MiB = 1 << 20
 
 

@@ -1,4 +1,4 @@
-"""The domain rule of DESIGN.md section 1, case by case, on the plain-Python reference kernel."""
+"""The domain rule of docs/domain-rule.md, case by case, on the plain-Python reference kernel."""
 
 from __future__ import annotations
 

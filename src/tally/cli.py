@@ -1,4 +1,4 @@
-"""The command line: ``tally coordinator | worker | run | gen`` (DESIGN.md section 2).
+"""The command line: ``tally coordinator | worker | run | gen | report`` (see README.md).
 
 Exit status: 0 complete result; 1 the job failed (a partition failed too often, a refused
 connection); 2 bad arguments or source; 3 a partial result (``--skip-failed`` skipped

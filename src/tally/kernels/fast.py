@@ -1,4 +1,4 @@
-"""The fast kernel: the domain rule of DESIGN.md section 1, vectorised with NumPy and Arrow.
+"""The fast kernel: the domain rule (docs/domain-rule.md), vectorised with NumPy and Arrow.
 
 Same signature and result as :func:`tally.kernels.reference.count_domains`.
 

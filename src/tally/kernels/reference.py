@@ -1,4 +1,4 @@
-"""The plain-Python reference kernel: the domain rule of DESIGN.md section 1, line by line.
+"""The plain-Python reference kernel: the domain rule (docs/domain-rule.md), line by line.
 
 It is the oracle the fast kernel is tested against, so it favours obviousness over speed.
 Memory stays bounded by ``record_limit`` plus one chunk: a line longer than the limit is
