@@ -19,7 +19,8 @@ import pytest
 
 from tally.kernels.reference import count_domains
 from tally.protocol import QuerySpec
-from tally.queries import QueryResult, format_result
+from tally.queries import format_result, merger_for
+from tally.queries.domains import to_table
 
 # the real reference data: 200 lines of the ClickBench hits log and its published top 25
 DATA = Path(__file__).resolve().parent / "data"
@@ -44,16 +45,13 @@ def split_round_robin(source: Path, out_dir: Path, partitions: int) -> Path:
     return filelist
 
 
-def reference_output(path: Path, query: QuerySpec) -> str:
+def reference_output(path: Path, query: QuerySpec, fmt: str = "text") -> str:
     """What tally must print for ``query`` over the single file ``path``."""
     with path.open("rb") as f:
         counts = count_domains(f)
-    if query.kind == "domain":
-        rows = [(query.domain or b"", counts.counts.get(query.domain or b"", 0))]
-    else:
-        rows = sorted(counts.counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        rows = rows[: query.k] if query.kind == "top" else rows
-    return format_result(QueryResult(query, rows, counts.lines, counts.malformed), "text")
+    merger = merger_for(query)
+    merger.add(to_table(counts), counts.lines, counts.malformed)
+    return format_result(merger.finalize(), fmt)
 
 
 @pytest.fixture(scope="session")

@@ -1,27 +1,30 @@
-"""Packing partials and merging them columnar: exact, in any order, in any compaction."""
+"""Domain-count partials: exact merges in any order and compaction, checks of what a worker
+sends, and the output formats."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tally.errors import ProtocolError
 from tally.kernels import DomainCounts
-from tally.protocol import Partial, QuerySpec
-from tally.queries import Merger, check_partial, format_result, pack
+from tally.protocol import QuerySpec
+from tally.queries import format_result, from_ipc, kind_of, to_ipc
+from tally.queries.domains import SCHEMA, DomainMerger, to_table
 
 KEYS = st.binary(min_size=1, max_size=6) | st.sampled_from([b"go.mail", "яндекс".encode(), b"\xff"])
 PARTIALS = st.lists(st.dictionaries(KEYS, st.integers(1, 1000), max_size=20), max_size=12)
 
 
-def merged(query: QuerySpec, partials: list[dict[bytes, int]], compact_rows: int) -> Merger:
-    merger = Merger(query, compact_rows=compact_rows)
+def merged(query: QuerySpec, partials: list[dict[bytes, int]], compact_rows: int) -> DomainMerger:
+    merger = DomainMerger(query, compact_rows=compact_rows)
     for i, counts in enumerate(partials):
-        merger.add(pack(DomainCounts(dict(counts), lines=i + len(counts), malformed=i)))
+        table = from_ipc(to_ipc(to_table(DomainCounts(dict(counts)))))  # through the wire form
+        merger.add(table, i + sum(counts.values()), i)
     return merger
 
 
@@ -45,32 +48,57 @@ def test_domain_query_and_formats() -> None:
     partials = [{b"go.mail": 2}, {}, {b"go.mail": 3}]
     result = merged(QuerySpec("domain", domain=b"go.mail"), partials, 1).finalize()
     assert format_result(result, "text") == "5\n"
+    assert format_result(result, "csv") == "domain,count\r\ngo.mail,5\r\n"
     missing = merged(QuerySpec("domain", domain=b"x"), [{}, {}], 1).finalize()
     assert format_result(missing, "text") == "0\n"
     rows = merged(QuerySpec("all"), [{b"\xff.ru": 1, "яндекс".encode(): 2}], 1).finalize()
     assert format_result(rows, "text") == "яндекс 2\n\\xff.ru 1\n"
+    spaced = merged(QuerySpec("all"), [{b"a b": 2, b'q"': 1}], 1).finalize()
+    assert format_result(spaced, "tsv") == 'domain\tcount\r\na b\t2\r\n"q"""\t1\r\n'
+
+
+def table(keys: list[bytes], counts: list[int]) -> pa.Table:
+    return pa.Table.from_arrays([pa.array(keys, pa.binary()), pa.array(counts, pa.int64())],
+                                schema=SCHEMA)  # fmt: skip
+
+
+ALL = QuerySpec("all")
 
 
 @pytest.mark.parametrize(
-    ("keys", "ends", "counts", "lines", "malformed"),
+    ("plan", "partial", "lines", "malformed", "why"),
     [
-        (b"abcd", [3, 1, 4], [1, 1, 1], 3, 0),  # offsets go backwards
-        (b"abc", [1, 5], [1, 1], 2, 0),  # past the end of the keys
-        (b"abcd", [1, 3], [1, 1], 2, 0),  # keys left over
-        (b"ab", [1, 2], [1], 2, 0),  # too few counts
-        (b"ab", [1, 2], [1, 1], 1, 2),  # more malformed lines than lines
+        (ALL, table([b"a", b"b"], [-1, 1]), 0, 0, "count below 1"),
+        (ALL, table([b"a"], [0]), 1, 1, "count below 1"),
+        (ALL, table([b""], [1]), 1, 0, "empty domain"),
+        (ALL, table([b"a\nb"], [1]), 1, 0, "newline"),
+        (ALL, table([b"a\tb"], [1]), 1, 0, "newline or a tab"),
+        (ALL, table([b"a"], [5]), 3, 0, "5 counted, 3 well-formed"),  # inflated counts
+        (ALL, table([b"a"], [1]), 9, 0, "1 counted, 9 well-formed"),  # inflated lines
+        (ALL, table([b"a"], [1]), 1, 2, "line counts out of range"),
+        (ALL, None, 3, 0, "well-formed lines without a count"),
+        (ALL, table([b"a"], [1 << 62]), 1 << 62, 0, "lines"),
+        (QuerySpec("domain", domain=b"a"), table([b"b"], [1]), 1, 0, "other than"),
+        (QuerySpec("domain", domain=b"a"), table([b"a"], [2]), 1, 0, "more matches"),
+        (ALL, pa.table({"key": ["a"], "n": [1]}), 1, 0, "schema"),
     ],
 )
-def test_malformed_partials_are_protocol_errors(
-    keys: bytes, ends: list[int], counts: list[int], lines: int, malformed: int
+def test_partials_no_honest_kernel_makes_are_refused(
+    plan: QuerySpec, partial: pa.Table | None, lines: int, malformed: int, why: str
 ) -> None:
-    partial = Partial(
-        memoryview(keys), memoryview(np.array(ends, "<u4").tobytes()),
-        memoryview(np.array(counts, "<i8").tobytes()), lines, malformed,
-    )  # fmt: skip
-    with pytest.raises(ProtocolError, match="malformed partial"):
-        check_partial(partial)
-    odd = Partial(memoryview(b"ab"), memoryview(b"\x02\x00\x00"), memoryview(b""), 1, 0)
-    with pytest.raises(ProtocolError):
-        check_partial(odd)
-    check_partial(pack(DomainCounts({b"ab": 1, b"c": 2}, lines=3)))
+    with pytest.raises(ProtocolError, match=why):
+        kind_of(plan).check(plan, partial, lines, malformed)
+
+
+def test_honest_partials_pass_the_check_and_garbage_is_not_arrow() -> None:
+    kind_of(ALL).check(ALL, table([b"a", "яндекс".encode()], [2, 1]), 4, 1)
+    kind_of(ALL).check(ALL, None, 2, 2)
+    with pytest.raises(ProtocolError, match="not an Arrow IPC stream"):
+        from_ipc(b"\x00garbage")
+
+
+def test_a_merge_that_would_overflow_is_refused() -> None:
+    merger = DomainMerger(ALL)
+    merger.add(table([b"a"], [(1 << 62) - 1]), (1 << 62) - 1, 0)
+    with pytest.raises(ProtocolError, match="overflow"):
+        merger.add(table([b"a"], [1]), 1, 0)

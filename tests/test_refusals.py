@@ -80,8 +80,9 @@ def say_hello(port: int, version: int = p.PROTOCOL_VERSION) -> tuple[socket.sock
 def join(port: int) -> tuple[socket.socket, p.Welcome, p.Assign]:
     """Join as a worker and take the first assignment."""
     sock, welcome = say_hello(port)
-    assign = read_frame(sock)
-    assert isinstance(welcome, p.Welcome) and isinstance(assign, p.Assign)
+    plan, assign = read_frame(sock), read_frame(sock)
+    assert isinstance(welcome, p.Welcome) and isinstance(plan, p.JobPlan)
+    assert isinstance(assign, p.Assign) and assign.job_id == plan.job_id
     return sock, welcome, assign
 
 
@@ -150,7 +151,7 @@ def test_coordinator_without_token_refuses_to_listen_beyond_loopback(
     assert "without a cluster token" in procs.stderr(coord)
 
 
-@pytest.mark.parametrize("version", [0, 2])
+@pytest.mark.parametrize("version", [1, 3])
 def test_worker_refuses_a_coordinator_of_another_version(procs: Procs, version: int) -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
@@ -170,10 +171,9 @@ def test_a_worker_sending_a_malformed_partial_is_dropped(
     coord = procs.coordinator(
         sample_filelist, port, "--stats", str(stats), env={"TALLY_TOKEN": TOKEN}
     )
-    sock, welcome, assign = join(port)
-    backwards = struct.pack("<3I", 3, 1, 4)
-    bad = p.Partial(memoryview(b"abcd"), memoryview(backwards), memoryview(bytes(24)), 3, 0)
-    sock.sendall(p.encode(p.Result(assign.attempt, welcome.job_id, bad, 4, 0.0)))
+    sock, _, assign = join(port)
+    bad = p.Partial(memoryview(b"\xff\xffnot an Arrow stream"), 3, 0)
+    sock.sendall(p.encode(p.Result(assign.attempt, assign.job_id, bad, 4, 0.0)))
     answer = read_frame(sock)
     assert isinstance(answer, p.Refused) and "malformed partial" in answer.reason
     assert closed_by_peer(sock)
@@ -193,10 +193,10 @@ def test_a_worker_sending_a_large_frame_slowly_stays_alive(
         sample_filelist, port, "--lease-timeout", "1", "--stats", str(stats),
         env={"TALLY_TOKEN": TOKEN},
     )  # fmt: skip
-    sock, welcome, assign = join(port)
+    sock, _, assign = join(port)
     # a 4 MB error report, sent at 1 MB/s: four times the lease, with no heartbeat between
     error = p.ErrorInfo("PartitionError", "x" * (4 << 20), True)
-    frame = p.encode(p.Failed(assign.attempt, welcome.job_id, error))
+    frame = p.encode(p.Failed(assign.attempt, assign.job_id, error))
     for start in range(0, len(frame), 1 << 18):
         sock.sendall(frame[start : start + (1 << 18)])
         time.sleep(0.25)
@@ -205,5 +205,5 @@ def test_a_worker_sending_a_large_frame_slowly_stays_alive(
     code, out = procs.finish(coord)
     assert (code, out) == (0, reference_output(SAMPLE, p.QuerySpec("top", k=25)))
     record = json.loads(stats.read_text())
-    assert record["failed_attempts"] == 2  # the reported failure, then the closed connection
+    assert record["failed_attempts"] == 1  # the reported failure; the lost worker is no failure
     assert "silent" not in procs.stderr(coord)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tally.errors import ConfigError, TallyError
 
 if TYPE_CHECKING:  # the command line imports what a subcommand needs only when it runs
-    from tally.coordinator import CoordinatorConfig, Outcome
+    from tally.coordinator import CoordinatorConfig, JobSpec, Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 log = logging.getLogger("tally")
@@ -225,8 +225,21 @@ def _is_loopback(host: str) -> bool:
 
 def coordinator_config(args: argparse.Namespace, token: bytes) -> CoordinatorConfig:
     from tally.coordinator import CoordinatorConfig
-    from tally.protocol import QuerySpec
-    from tally.scheduler import SchedulerConfig
+
+    return CoordinatorConfig(
+        host=getattr(args, "host", "127.0.0.1"),
+        port=getattr(args, "port", 0),
+        token=token,
+        lease_timeout_s=args.lease_timeout,
+        progress=not args.quiet,
+        events=args.events,
+    )
+
+
+def job_spec(args: argparse.Namespace, urls: list[str]) -> JobSpec:
+    from tally.coordinator import JobSpec
+    from tally.jobs.tasks import JobConfig
+    from tally.protocol import QuerySpec, Task
 
     if args.domain is not None:
         query = QuerySpec("domain", domain=args.domain.encode("utf-8", "surrogateescape"))
@@ -234,16 +247,12 @@ def coordinator_config(args: argparse.Namespace, token: bytes) -> CoordinatorCon
         query = QuerySpec("all")
     else:
         query = QuerySpec("top", k=args.top or 25)
-    return CoordinatorConfig(
-        query=query,
-        host=getattr(args, "host", "127.0.0.1"),
-        port=getattr(args, "port", 0),
-        token=token,
+    return JobSpec(
+        tasks=[Task(url) for url in urls],
+        plan=query,
         record_limit=args.record_limit,
-        progress=not args.quiet,
-        scheduler=SchedulerConfig(
+        config=JobConfig(
             max_attempts=args.max_attempts,
-            lease_timeout_s=args.lease_timeout,
             skip_failed=args.skip_failed,
             min_workers=args.min_workers or getattr(args, "workers", 1),
             speculate=not args.no_speculation,
@@ -267,10 +276,6 @@ def _write_records(outcome: Outcome, args: argparse.Namespace) -> None:
     if args.stats:
         with open(args.stats, "w", encoding="utf-8") as f:
             json.dump(outcome.stats, f, indent=2)
-    if args.events:
-        with open(args.events, "w", encoding="utf-8") as f:
-            for record in outcome.timeline:
-                f.write(json.dumps(record) + "\n")
 
 
 def report(outcome: Outcome, args: argparse.Namespace) -> int:
@@ -316,13 +321,13 @@ async def _coordinate(args: argparse.Namespace) -> int:
             "set TALLY_TOKEN or pass --token-file"
         )
     check_outputs(args)
-    urls = expand_source(args.source)
-    coordinator = Coordinator(urls, coordinator_config(args, token))
+    spec = job_spec(args, expand_source(args.source))
+    coordinator = Coordinator(coordinator_config(args, token))
     try:
         await coordinator.start()
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
-    return report(await coordinator.run(), args)
+    return report(await coordinator.run_one(spec), args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,11 @@
 """The coordinator's asyncio shell: accepts workers, turns what they say and the passing of
 time into scheduler events, and carries out the scheduler's actions. All decisions live in
-:mod:`tally.scheduler`; this module only does I/O.
+:mod:`tally.jobs.scheduler` (pool, jobs, fair share); this module only does I/O.
+
+One coordinator serves many jobs on one pool of workers: :meth:`Coordinator.submit` adds a
+job, :meth:`JobRun.wait` gives its outcome. ``tally coordinator`` and ``tally run`` run one
+job (:meth:`Coordinator.run_one`) and then tell the workers to leave; ``tally serve`` keeps
+them across jobs.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tally import protocol as p
-from tally import scheduler as s
 from tally.errors import ProtocolError
+from tally.events_file import EventFile
+from tally.jobs import events as ev
+from tally.jobs.scheduler import Scheduler
+from tally.jobs.tasks import Finish, JobConfig, JobTasks
 from tally.kernels import DEFAULT_RECORD_LIMIT
 from tally.net import Connection, accept_handshake
 from tally.progress import ProgressDisplay, Snapshot
-from tally.queries import Merger, QueryResult, check_partial
+from tally.queries import Merger, QueryResult, from_ipc, kind_of, merger_for
 
 log = logging.getLogger("tally.coordinator")
 TICK_S = 0.1
@@ -27,17 +35,31 @@ PROGRESS_EVERY_TICKS = 3
 
 @dataclass
 class CoordinatorConfig:
-    query: p.QuerySpec = field(default_factory=p.QuerySpec)
     host: str = "127.0.0.1"
     port: int = 0
     token: bytes = b""
-    scheduler: s.SchedulerConfig = field(default_factory=s.SchedulerConfig)
-    record_limit: int = DEFAULT_RECORD_LIMIT
+    lease_timeout_s: float = 3.0  # silence after which a worker is declared lost
     progress: bool = False  # a progress bar (or periodic log line) on stderr
+    events: str | None = None  # a file that receives every event record as it happens
+    serving: bool = False  # workers stay across jobs (``tally serve``)
 
     @property
     def heartbeat_s(self) -> float:
-        return max(0.05, self.scheduler.lease_timeout_s / 6)
+        return max(0.05, self.lease_timeout_s / 6)
+
+
+@dataclass
+class JobSpec:
+    """A job: its tasks, what each computes, and how hard to try."""
+
+    tasks: list[p.Task]
+    plan: p.Plan = field(default_factory=p.QuerySpec)
+    config: JobConfig = field(default_factory=JobConfig)
+    record_limit: int = DEFAULT_RECORD_LIMIT
+
+    @property
+    def urls(self) -> list[str]:
+        return [task.url for task in self.tasks]
 
 
 @dataclass
@@ -50,97 +72,132 @@ class Outcome:
     timeline: list[dict[str, Any]]
 
 
+class JobRun:
+    """One submitted job: its merger, and its outcome once it ends."""
+
+    def __init__(self, job_id: str, spec: JobSpec, now: float) -> None:
+        self.id = job_id
+        self.spec = spec
+        self.merger: Merger = merger_for(spec.plan)
+        self.submitted_at = now
+        self.submitted_wall = time.time()
+        self.ended_at: float | None = None
+        self.finish: Finish | None = None
+        self.done = asyncio.Event()
+        self.outcome: Outcome | None = None
+
+    async def wait(self) -> Outcome:
+        await self.done.wait()
+        assert self.outcome is not None
+        return self.outcome
+
+
 class Coordinator:
-    def __init__(self, urls: list[str], config: CoordinatorConfig) -> None:
-        self.urls = urls
+    def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
-        self.job_id = secrets.token_hex(8)
-        self.scheduler = s.Scheduler(len(urls), config.scheduler)
-        self.merger = Merger(config.query)
+        self.events = EventFile(config.events) if config.events else None
+        self.scheduler = Scheduler(config.lease_timeout_s, listener=self._on_record)
+        self.runs: dict[str, JobRun] = {}
         self.conns: dict[int, Connection] = {}
+        self.plans_sent: dict[int, set[str]] = {}  # worker -> jobs whose plan it has
         self.refused = 0
         self._next_worker = 1
-        self._finished = asyncio.Event()
+        self._closing = False
         self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
-        self._wall0 = time.time()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Listen; return the bound port."""
+        """Listen and start the clock; return the bound port."""
         self._server = await asyncio.start_server(
             self._serve_peer, self.config.host, self.config.port, limit=1 << 20
         )
         port: int = self._server.sockets[0].getsockname()[1]
-        self._t0, self._wall0 = self._loop.time(), time.time()
-        log.info(
-            "job %s: %d partitions, listening on %s:%d",
-            self.job_id,
-            len(self.urls),
-            self.config.host,
-            port,
-        )
+        self._t0 = self._loop.time()
+        self._ticker = asyncio.create_task(self._tick())
+        log.info("listening on %s:%d", self.config.host, port)
         return port
 
-    async def run(self) -> Outcome:
-        """Serve until the scheduler finishes the job; then tell every worker to leave."""
-        if self._server is None:
-            await self.start()
-        ticker = asyncio.create_task(self._tick())
-        self._apply(self.scheduler.handle(s.Tick(self._now())))  # an empty job ends at once
-        try:
-            await self._finished.wait()
-        finally:
-            ticker.cancel()
-            await self._shutdown()
-        return self._outcome()
+    def submit(self, spec: JobSpec, job_id: str | None = None) -> JobRun:
+        run = JobRun(job_id or secrets.token_hex(8), spec, self._now())
+        self.runs[run.id] = run
+        log.info("job %s: %d partitions", run.id, len(spec.tasks))
+        self._apply(
+            self.scheduler.handle(
+                ev.JobSubmitted(run.id, len(spec.tasks), run.submitted_at, spec.config)
+            )
+        )
+        return run
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> None:
+        self._apply(self.scheduler.handle(ev.JobCancelled(job_id, self._now(), reason)))
 
     def abort(self, reason: str) -> None:
-        """Give up on the job: :meth:`run` returns an outcome that carries ``reason``."""
-        self.scheduler.abort(reason)
-        self._finished.set()
+        """Give up on every unfinished job: each ends with ``reason``."""
+        for job_id in list(self.scheduler.active):
+            self.cancel(job_id, reason)
 
-    async def _shutdown(self) -> None:
-        finish = self.scheduler.finished
-        reason = "job failed" if finish is not None and finish.error else "job complete"
+    async def run_one(self, spec: JobSpec) -> Outcome:
+        """Run one job, then tell every worker to leave."""
+        if self._server is None:
+            await self.start()
+        run = self.submit(spec)
+        display = ProgressDisplay(len(spec.tasks), self.config.progress)
+        progress = asyncio.create_task(self._show_progress(run, display))
+        try:
+            return await run.wait()
+        finally:
+            progress.cancel()
+            display.close()
+            await self.close()
+
+    async def close(self) -> None:
+        """Tell every worker to leave and stop listening."""
+        self._closing = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         for conn in list(self.conns.values()):
-            conn.send(p.Shutdown(reason))
+            conn.send(p.Shutdown("coordinator stopping" if self.config.serving else "job over"))
         await asyncio.gather(*(c.close() for c in self.conns.values()), return_exceptions=True)
         if self._server is not None:
             self._server.close()
+        if self.events is not None:
+            self.events.close()
+
+    @property
+    def any_job_started(self) -> bool:
+        return any(job.started_at is not None for job in self.scheduler.jobs.values())
 
     def _now(self) -> float:
         return self._loop.time() - self._t0
 
     async def _tick(self) -> None:
-        display = ProgressDisplay(len(self.urls), self.config.progress)
-        ticks = 0
-        try:
-            while True:
-                await asyncio.sleep(TICK_S)
-                self._apply(self.scheduler.handle(s.Tick(self._now())))
-                ticks += 1
-                if ticks % PROGRESS_EVERY_TICKS == 0:
-                    self._show_progress(display)
-        finally:
-            display.close()
+        while True:
+            await asyncio.sleep(TICK_S)
+            self._apply(self.scheduler.handle(ev.Tick(self._now())))
 
-    def _show_progress(self, display: ProgressDisplay) -> None:
-        sch = self.scheduler
-        if sch.started_at is None:
-            return
-        workers = sch.workers.values()
-        display.update(
-            Snapshot(
-                done=sch.counters.commits,
-                total=sch.partitions,
-                bytes_done=sum(w.bytes_read for w in workers),
-                elapsed_s=self._now() - sch.started_at,
-                workers=sum(1 for w in workers if not w.gone),
+    async def _show_progress(self, run: JobRun, display: ProgressDisplay) -> None:
+        while True:
+            await asyncio.sleep(TICK_S * PROGRESS_EVERY_TICKS)
+            job = self.scheduler.jobs[run.id]
+            if job.started_at is None:
+                continue
+            display.update(
+                Snapshot(
+                    done=job.counters.commits,
+                    total=job.size,
+                    bytes_done=sum(t.bytes_read for t in job.workers.values()),
+                    elapsed_s=self._now() - job.started_at,
+                    workers=self.scheduler.pool.alive_count(),
+                )
             )
-        )
+
+    def _on_record(self, record: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events.write(record)
 
     # --- peers -------------------------------------------------------------------------------
 
@@ -150,17 +207,15 @@ class Coordinator:
         return p.Welcome(
             proof,
             worker_id,
-            self.job_id,
-            self.config.query,
             self.config.heartbeat_s,
-            self.config.scheduler.lease_timeout_s,
-            self.config.record_limit,
+            self.config.lease_timeout_s,
+            self.config.serving,
         )
 
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
-        if self._finished.is_set():
-            conn.send(p.Shutdown("job complete"))
+        if self._closing:
+            conn.send(p.Shutdown("job over"))
             await conn.close()
             return
         try:
@@ -171,20 +226,21 @@ class Coordinator:
             await conn.close()
             return
         worker = welcome.worker_id
-        if self._finished.is_set():  # the job ended during the handshake
-            conn.send(p.Shutdown("job complete"))
+        if self._closing:  # the coordinator began closing during the handshake
+            conn.send(p.Shutdown("job over"))
             await conn.close()
             return
         self.conns[worker] = conn
+        self.plans_sent[worker] = set()
         log.info("worker %d joined: %s from %s", worker, hello.name, conn.peer)
         self._apply(
-            self.scheduler.handle(s.WorkerJoined(worker, hello.slots, self._now(), hello.name))
+            self.scheduler.handle(ev.WorkerJoined(worker, hello.slots, self._now(), hello.name))
         )
         reason = "connection closed"
         try:
 
             def receiving() -> None:  # a large frame is arriving: the worker is alive
-                self._apply(self.scheduler.handle(s.HeartbeatSeen(worker, self._now())))
+                self._apply(self.scheduler.handle(ev.HeartbeatSeen(worker, self._now())))
 
             while True:
                 event = self._event_for(worker, await conn.receive(progress=receiving))
@@ -194,120 +250,135 @@ class Coordinator:
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
             conn.send(p.Refused(str(exc)))
-        if self._finished.is_set():
-            return  # the shutdown closes every connection
+        if self._closing:
+            return  # closing shuts every connection
         if self.conns.pop(worker, None) is not None:  # else: already left or lease expired
             log.warning("worker %d lost: %s", worker, reason)
+        self.plans_sent.pop(worker, None)
         # the scheduler hears of the loss before anything can await, so nothing is assigned
         # to a connection that is going away
-        self._apply(self.scheduler.handle(s.WorkerLost(worker, self._now(), reason)))
+        self._apply(self.scheduler.handle(ev.WorkerLost(worker, self._now(), reason)))
         await conn.close()
 
-    def _event_for(self, worker: int, msg: p.AnyMessage) -> s.Event:
+    def _event_for(self, worker: int, msg: p.AnyMessage) -> ev.Event:
         now = self._now()
         match msg:
             case p.Heartbeat():
-                return s.HeartbeatSeen(worker, now)
-            case p.Result() if msg.job_id == self.job_id:
-                check_partial(msg.partial)  # a bad one drops this worker, never the merge
-                return s.Delivered(
-                    worker, msg.attempt, now, msg.partial, msg.bytes_read, msg.busy_s
-                )
-            case p.Failed() if msg.job_id == self.job_id:
-                log.warning(
-                    "worker %d: attempt %d failed: %s: %s",
-                    worker,
-                    msg.attempt,
-                    msg.error.type,
-                    msg.error.message,
-                )
-                return s.AttemptFailed(
-                    worker,
-                    msg.attempt,
-                    now,
-                    f"{msg.error.type}: {msg.error.message}",
-                    msg.error.retryable,
-                )
+                return ev.HeartbeatSeen(worker, now)
+            case p.Result():
+                attempt = self.scheduler.attempts.get(msg.attempt)
+                if attempt is None or attempt.job != msg.job_id:  # stale: dropped and counted
+                    return ev.Delivered(worker, msg.attempt, now, None, msg.bytes_read,
+                                        msg.busy_s, msg.job_id)  # fmt: skip
+                run = self.runs[attempt.job]
+                partial = msg.partial
+                table = from_ipc(partial.table)
+                # a bad partial drops this worker, never the merge
+                kind_of(run.spec.plan).check(run.spec.plan, table, partial.lines, partial.malformed)
+                payload = (table, partial.lines, partial.malformed)
+                return ev.Delivered(worker, msg.attempt, now, payload, msg.bytes_read, msg.busy_s,
+                                    msg.job_id)  # fmt: skip
+            case p.Failed():
+                attempt = self.scheduler.attempts.get(msg.attempt)
+                if attempt is None or attempt.job != msg.job_id:
+                    log.info("worker %d: dropped a failure of a settled attempt", worker)
+                    return ev.HeartbeatSeen(worker, now)
+                log.warning("worker %d: attempt %d failed: %s: %s", worker, msg.attempt,
+                            msg.error.type, msg.error.message)  # fmt: skip
+                error = f"{msg.error.type}: {msg.error.message}"
+                return ev.AttemptFailed(worker, msg.attempt, now, error, msg.error.retryable)
             case p.Leaving():
                 log.info("worker %d leaving, returning %d attempt(s)", worker, len(msg.returned))
-                return s.WorkerLeft(worker, now, tuple(msg.returned))
-            case p.Result() | p.Failed():
-                log.info("worker %d: dropped a message from an earlier job", worker)
-                return s.HeartbeatSeen(worker, now)
+                return ev.WorkerLeft(worker, now, tuple(msg.returned))
         raise ProtocolError(f"unexpected {type(msg).__name__} from a worker")
 
     # --- actions -----------------------------------------------------------------------------
 
-    def _apply(self, actions: list[s.Action]) -> None:
+    def _apply(self, actions: list[ev.Action]) -> None:
         try:
             self._carry_out(actions)
-        except Exception as exc:  # a bug here must end the job with a reason, not hang it
+        except Exception as exc:  # a bug here must end the jobs with a reason, not hang them
             log.exception("coordinator failed")
             self.abort(f"internal error: {type(exc).__name__}: {exc}")
 
-    def _carry_out(self, actions: list[s.Action]) -> None:
+    def _carry_out(self, actions: list[ev.Action]) -> None:
         for action in actions:
             match action:
-                case s.Assign(worker, attempt, partition):
+                case ev.Assign(worker, attempt, job_id, task):
                     conn = self.conns.get(worker)
-                    if conn is not None:
-                        conn.send(p.Assign(attempt, partition, self.urls[partition]))
-                case s.Cancel(worker, attempt):
+                    if conn is None:
+                        continue
+                    run = self.runs[job_id]
+                    sent = self.plans_sent[worker]
+                    if job_id not in sent:
+                        sent.add(job_id)
+                        conn.send(p.JobPlan(job_id, run.spec.plan, run.spec.record_limit))
+                    conn.send(p.Assign(attempt, job_id, run.spec.tasks[task]))
+                case ev.Cancel(worker, attempt):
                     conn = self.conns.get(worker)
                     if conn is not None:
                         conn.send(p.Cancel(attempt))
-                case s.Disconnect(worker, reason):
+                case ev.Disconnect(worker, reason):
                     log.warning("worker %d lost: %s", worker, reason)
                     conn = self.conns.pop(worker, None)
+                    self.plans_sent.pop(worker, None)
                     if conn is not None:
                         conn.writer.transport.abort()
-                case s.Commit(payload=payload):
-                    self.merger.add(payload)
-                case s.Finish():
-                    self._finished.set()
+                case ev.Commit(job=job_id, payload=payload):
+                    self.runs[job_id].merger.add(*payload)
+                case Finish():
+                    self._end(action)
+
+    def _end(self, finish: Finish) -> None:
+        run = self.runs[finish.job]
+        run.finish, run.ended_at = finish, self._now()
+        for worker, sent in self.plans_sent.items():
+            if finish.job in sent:
+                sent.discard(finish.job)
+                conn = self.conns.get(worker)
+                if conn is not None and self.config.serving:
+                    conn.send(p.JobEnded(finish.job))
+        run.outcome = self._outcome(run, finish)
+        run.done.set()
 
     # --- results -----------------------------------------------------------------------------
 
-    def _outcome(self) -> Outcome:
-        finish = self.scheduler.finished
-        assert finish is not None
-        failed = [self.urls[i] for i in finish.failed_partitions]
-        result = None if finish.error else self.merger.finalize(failed)
-        return Outcome(result, finish.error, self._stats(result), self.scheduler.timeline)
+    def _outcome(self, run: JobRun, finish: Finish) -> Outcome:
+        urls = run.spec.urls
+        failed = [urls[i] for i in finish.failed_tasks]
+        result = None if finish.error else run.merger.finalize(failed)
+        timeline = [r for r in self.scheduler.timeline if r.get("job", run.id) == run.id]
+        job = self.scheduler.jobs[run.id]
+        return Outcome(result, finish.error, self._stats(run, job, finish), timeline)
 
-    def _stats(self, result: QueryResult | None) -> dict[str, Any]:
-        sch = self.scheduler
-        c = sch.counters
-        finish = sch.finished
+    def _stats(self, run: JobRun, job: JobTasks, finish: Finish) -> dict[str, Any]:
+        members = self.scheduler.pool.members
+        started = job.started_at
+        end = run.ended_at if run.ended_at is not None else self._now()
         return {
-            "job_id": self.job_id,
-            "wall_s": round(self._now(), 6),
-            "ready_s": sch.started_at,  # until --min-workers workers had joined
-            "started_at": self._wall0,
-            "partitions": sch.partitions,
-            "attempts": c.attempts,
-            "reassigned": c.reassigned,
-            "duplicates_dropped": c.duplicates_dropped,
-            "workers_lost": c.workers_lost,
-            "backup_attempts": c.backups,
-            "failed_attempts": c.failures,
-            "malformed_lines": self.merger.malformed,
-            "lines": self.merger.lines,
-            "bytes": sum(w.bytes_read for w in sch.workers.values()),
-            "complete": finish is not None and not finish.error and not finish.failed_partitions,
-            "error": finish.error if finish else None,
-            "failed_partitions": [self.urls[i] for i in finish.failed_partitions] if finish else [],
-            "peers_refused": self.refused,
+            "job_id": run.id,
+            "wall_s": round(end - run.submitted_at, 6),
+            "ready_s": None if started is None else round(started - run.submitted_at, 6),
+            "started_at": run.submitted_wall,
+            "partitions": job.size,
+            **job.stats(),
+            "malformed_lines": run.merger.malformed,
+            "lines": run.merger.lines,
+            "bytes": sum(t.bytes_read for t in job.workers.values()),
+            "complete": not finish.error and not finish.failed_tasks,
+            "error": finish.error,
+            "failed_partitions": [run.spec.urls[i] for i in finish.failed_tasks],
+            "peers_refused": self.refused + len(self.scheduler.refused),
             "workers": [
                 {
-                    "id": w.id,
-                    "name": w.name,
-                    "partitions": w.committed,
-                    "attempts": w.attempts,
-                    "bytes": w.bytes_read,
-                    "busy_s": round(w.busy_s, 6),
-                    "lost": w.lost,
+                    "id": worker,
+                    "name": members[worker].name,
+                    "partitions": t.committed,
+                    "attempts": t.attempts,
+                    "bytes": t.bytes_read,
+                    "busy_s": round(t.busy_s, 6),
+                    "lost": members[worker].lost,
                 }
-                for w in sch.workers.values()
+                for worker, t in sorted(job.workers.items())
             ],
         }

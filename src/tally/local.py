@@ -9,7 +9,7 @@ import os
 import secrets
 import sys
 
-from tally.cli import check_outputs, coordinator_config, report
+from tally.cli import check_outputs, coordinator_config, job_spec, report
 from tally.coordinator import Coordinator
 from tally.storage import expand_source
 
@@ -60,7 +60,7 @@ async def watch_workers(
     pending = {asyncio.create_task(w.wait()) for w in workers}
     while pending:
         _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if not pending or not coordinator.scheduler.started:
+        if not pending or not coordinator.any_job_started:
             codes = ", ".join(str(w.returncode) for w in workers if w.returncode is not None)
             gone = len(workers) - len(pending)
             every = "all " if not pending else ""
@@ -74,12 +74,11 @@ async def watch_workers(
 async def run_local(args: argparse.Namespace) -> int:
     token = secrets.token_hex(16).encode()
     check_outputs(args)
-    urls = expand_source(args.source)
-    config = coordinator_config(args, token)
-    coordinator = Coordinator(urls, config)
+    spec = job_spec(args, expand_source(args.source))
+    coordinator = Coordinator(coordinator_config(args, token))
     port = await coordinator.start()
     workers = await start_workers(port, args.workers, token, ["--kernel", args.kernel])
-    job = asyncio.create_task(coordinator.run())
+    job = asyncio.create_task(coordinator.run_one(spec))
     watch = asyncio.create_task(watch_workers(coordinator, workers))
     try:
         outcome = await job

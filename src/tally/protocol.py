@@ -14,7 +14,7 @@ import msgspec
 
 from tally.errors import ProtocolError, TallyError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: jobs apart from the cluster; Arrow IPC partials
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 << 20  # after the handshake: partials of --all over a big partition are large
 MAX_HANDSHAKE_FRAME = 64 << 10  # before it: an unauthenticated peer gets little memory
@@ -45,15 +45,14 @@ class Hello(Message, tag="hello"):
 
 
 class Welcome(Message, tag="welcome"):
-    """Coordinator -> worker: accepted; the coordinator's proof, and the job to work on."""
+    """Coordinator -> worker: accepted; the coordinator's proof and the cluster's settings.
+    Jobs come later, each with its own :class:`JobPlan`."""
 
     proof: bytes
     worker_id: int
-    job_id: str
-    query: QuerySpec
     heartbeat_s: float
     lease_s: float  # silence after which the coordinator declares a worker lost
-    record_limit: int
+    serving: bool = False  # a long-lived server: stay across jobs until SIGTERM
 
 
 class Refused(Message, tag="refused"):
@@ -62,23 +61,50 @@ class Refused(Message, tag="refused"):
     reason: str
 
 
-# --- the job ---------------------------------------------------------------------------------
+# --- jobs ------------------------------------------------------------------------------------
 
 
-class QuerySpec(msgspec.Struct, frozen=True):
-    """What each partition computes. ``kind`` is ``domain``, ``top`` or ``all``."""
+class QuerySpec(msgspec.Struct, frozen=True, tag_field="plan", tag="domains"):
+    """The domain count's plan. ``kind`` is ``domain``, ``top`` or ``all``."""
 
     kind: Literal["domain", "top", "all"] = "top"
     domain: bytes | None = None  # for kind == "domain"
     k: int = 25  # for kind == "top"
 
 
+Plan = QuerySpec
+
+
+class JobPlan(Message, tag="plan"):
+    """Coordinator -> worker, once per job before its first Assign: what its tasks compute."""
+
+    job_id: str
+    plan: Plan
+    record_limit: int
+
+
+class Task(msgspec.Struct, frozen=True):
+    """A partition, or the byte range ``[start, end)`` of one (``end`` -1: to its end).
+    ``version`` (an ETag, or size and mtime) is what was listed, when known."""
+
+    url: str
+    start: int = 0
+    end: int = -1
+    version: str = ""
+
+
 class Assign(Message, tag="assign"):
-    """Coordinator -> worker: run this attempt of this partition."""
+    """Coordinator -> worker: run this attempt of this job's task."""
 
     attempt: int
-    partition: int
-    url: str
+    job_id: str
+    task: Task
+
+
+class JobEnded(Message, tag="job_ended"):
+    """Coordinator -> worker: forget that job's plan."""
+
+    job_id: str
 
 
 class Cancel(Message, tag="cancel"):
@@ -88,7 +114,8 @@ class Cancel(Message, tag="cancel"):
 
 
 class Shutdown(Message, tag="shutdown"):
-    """Coordinator -> worker: the job is over; leave with exit status 0."""
+    """Coordinator -> worker: the coordinator is ending (its job is over, or the server
+    stops); leave with exit status 0."""
 
     reason: str
 
@@ -100,13 +127,10 @@ class Heartbeat(Message, tag="heartbeat"):
 
 
 class Partial(msgspec.Struct):
-    """A partition's partial result in a compact form: keys are concatenated in ``keys``
-    with ``ends`` (little-endian uint32 offsets), counts in ``counts`` (little-endian int64).
-    Decoded as views into the received frame: the coordinator copies no key bytes."""
+    """A task's partial result: an Arrow IPC stream (None when it has no rows), decoded as a
+    view into the received frame, and the task's line accounting."""
 
-    keys: memoryview
-    ends: memoryview
-    counts: memoryview
+    table: memoryview | None
     lines: int
     malformed: int
 
@@ -154,7 +178,9 @@ AnyMessage = (
     | Hello
     | Welcome
     | Refused
+    | JobPlan
     | Assign
+    | JobEnded
     | Cancel
     | Shutdown
     | Heartbeat

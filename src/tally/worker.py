@@ -17,18 +17,17 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from tally import protocol as p
 from tally.errors import PartitionError, ProtocolError
-from tally.kernels import DomainCounts
 from tally.net import Connection, connect_with_backoff, offer_handshake
 from tally.prefetch import Prefetcher
-from tally.queries import pack
+from tally.queries import kind_of, to_ipc
+from tally.queries.domains import load_kernel
+from tally.ranges import open_range
 
 log = logging.getLogger("tally.worker")
-Kernel = Callable[..., DomainCounts]
 
 
 @dataclass
@@ -43,29 +42,13 @@ class WorkerConfig:
     slowdown: float = 1.0  # fault injection: every task takes this many times longer
 
 
-def load_kernel(name: str) -> Kernel:
-    """``reference`` (plain Python), ``fast`` (columnar) or ``auto`` (fast when installed)."""
-    if name in ("fast", "auto"):
-        try:
-            from tally.kernels.fast import count_domains as fast
-
-            kernel: Kernel = fast
-            return kernel
-        except ImportError:
-            if name == "fast":
-                raise
-    from tally.kernels.reference import count_domains
-
-    return count_domains
-
-
 class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.kernel: Kernel | None = None
         self.conn: Connection | None = None
         self.welcome: p.Welcome | None = None
+        self.plans: dict[str, p.JobPlan] = {}  # by job id, as the coordinator sent them
         # (session, task) from the event loop to the compute thread; None stops it
         self.queue: queue.SimpleQueue[tuple[int, p.Assign] | None] = queue.SimpleQueue()
         self.session = 0  # counts ended connections; tasks of an ended one were re-queued there
@@ -81,7 +64,7 @@ class Worker:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._leave)
-        self.kernel = load_kernel(self.config.kernel)  # before joining: a joined worker is ready
+        load_kernel(self.config.kernel)  # before joining: a joined worker is ready
         computing = threading.Thread(
             target=self._compute_loop, args=(loop,), name="tally-compute", daemon=True
         )
@@ -120,11 +103,9 @@ class Worker:
             if self.done.is_set():  # SIGTERM arrived while joining
                 conn.send(p.Leaving([]))
                 return
-            if self.welcome is not None and self.welcome.job_id != welcome.job_id:
-                self.outbox.clear()  # results of an earlier job mean nothing to this one
             self.welcome, self.conn = welcome, conn
             self.last_beat = time.monotonic()
-            log.info("joined job %s as worker %d", welcome.job_id, welcome.worker_id)
+            log.info("joined as worker %d", welcome.worker_id)
             for message in self.outbox:
                 conn.send(message)
             self.outbox.clear()
@@ -142,8 +123,12 @@ class Worker:
         while True:
             msg = await conn.receive()
             match msg:
+                case p.JobPlan():
+                    self.plans[msg.job_id] = msg
                 case p.Assign():
                     self.queue.put_nowait((self.session, msg))
+                case p.JobEnded():
+                    self.plans.pop(msg.job_id, None)
                 case p.Cancel():
                     self.cancelled.add(msg.attempt)
                 case p.Shutdown():
@@ -191,12 +176,11 @@ class Worker:
             with contextlib.suppress(queue.Empty):
                 ahead.append(self.queue.get_nowait())
             session, assign = item
-            welcome, kernel = self.welcome, self.kernel
+            welcome = self.welcome
             if (
                 assign.attempt in self.cancelled
                 or session != self.session
                 or welcome is None
-                or kernel is None
                 or self._silent_s() > welcome.lease_s
             ):  # cancelled, or its session died and the coordinator re-queued it
                 self.cancelled.discard(assign.attempt)
@@ -205,10 +189,10 @@ class Worker:
             self.current = assign
             try:
                 if ahead and (following := ahead[0]) is not None:
-                    prefetch.start(following[1].attempt, following[1].url)
-                message = self._compute(assign, welcome, kernel, prefetch)
+                    prefetch.start(following[1].attempt, following[1].task.url)
+                message = self._compute(assign, prefetch)
             except Exception as exc:  # never lose the thread: the attempt fails as data
-                message = p.Failed(assign.attempt, welcome.job_id, p.ErrorInfo.from_exception(exc))
+                message = p.Failed(assign.attempt, assign.job_id, p.ErrorInfo.from_exception(exc))
             self.current = None
             loop.call_soon_threadsafe(self._finished, assign.attempt, message)
 
@@ -231,36 +215,36 @@ class Worker:
         conn = self.conn
         return conn if conn is not None and conn.usable else None
 
-    def _compute(
-        self, assign: p.Assign, welcome: p.Welcome, kernel: Kernel, prefetch: Prefetcher
-    ) -> p.Result | p.Failed:
+    def _compute(self, assign: p.Assign, prefetch: Prefetcher) -> p.Result | p.Failed:
         started = time.perf_counter()
+        task = assign.task
         try:
-            query = welcome.query
-            with prefetch.take(assign.attempt, assign.url) as stream:
-                counts = kernel(
-                    stream,
-                    only=query.domain if query.kind == "domain" else None,
-                    record_limit=welcome.record_limit,
+            job = self.plans.get(assign.job_id)
+            if job is None:
+                raise ProtocolError(f"no plan for job {assign.job_id}", retryable=True)
+            with open_range(
+                prefetch.take(assign.attempt, task.url), task.start, task.end
+            ) as stream:
+                output = kind_of(job.plan).compute(
+                    job.plan, stream, job.record_limit, self.config.kernel
                 )
             self._inject_delay(time.perf_counter() - started)
-            partial = pack(counts)
-            size = len(partial.keys) + len(partial.ends) + len(partial.counts)
-            if size > p.MAX_FRAME - (1 << 10):
+            table = to_ipc(output.table)
+            if table is not None and len(table) > p.MAX_FRAME - (1 << 10):
                 raise PartitionError(
-                    f"{assign.url}: its partial of {size} bytes exceeds the frame limit "
+                    f"{task.url}: its partial of {len(table)} bytes exceeds the frame limit "
                     f"({p.MAX_FRAME} bytes)",
                     retryable=False,
                 )
-            return p.Result(
-                assign.attempt,
-                welcome.job_id,
-                partial,
-                counts.bytes_read,
-                time.perf_counter() - started,
+            partial = p.Partial(
+                None if table is None else memoryview(table), output.lines, output.malformed
             )
-        except Exception as exc:  # any failure of a partition is data for the coordinator
-            return p.Failed(assign.attempt, welcome.job_id, p.ErrorInfo.from_exception(exc))
+            return p.Result(
+                assign.attempt, assign.job_id, partial, output.bytes_read,
+                time.perf_counter() - started,
+            )  # fmt: skip
+        except Exception as exc:  # any failure of a task is data for the coordinator
+            return p.Failed(assign.attempt, assign.job_id, p.ErrorInfo.from_exception(exc))
 
     def _inject_delay(self, elapsed: float) -> None:
         extra = self.config.task_delay_s + (self.config.slowdown - 1.0) * elapsed

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tally import protocol as p
-from tally.queries import Merger, pack
+from tally.queries import from_ipc, merger_for, to_ipc
 from tally.report.cluster import ExperimentError, JobRun, run_job
 from tally.report.throttled_http import ThrottledServer
 from tally.report.timeline import committed_per_worker
@@ -328,7 +328,7 @@ def merge_cost_s(data: Dataset, samples: int = 8, adds: int = 256) -> tuple[floa
     ``adds`` ``Result`` frames carrying real partials (``samples`` partitions of ``data``,
     cycled) and merging them, the merger's compactions and final aggregation included.
     Returns the median seconds per partial over three rounds and the domains per partial."""
-    from tally.worker import load_kernel
+    from tally.queries.domains import load_kernel, to_table
 
     kernel = load_kernel("auto")
     payloads = []
@@ -337,16 +337,20 @@ def merge_cost_s(data: Dataset, samples: int = 8, adds: int = 256) -> tuple[floa
         with path.open("rb") as f:
             counts = kernel(f)
         keys += len(counts.counts)
-        frame = p.encode(p.Result(1, "job", pack(counts), counts.bytes_read, 0.0))
+        table = to_ipc(to_table(counts))
+        partial = p.Partial(None if table is None else memoryview(table), counts.lines,
+                            counts.malformed)  # fmt: skip
+        frame = p.encode(p.Result(1, "job", partial, counts.bytes_read, 0.0))
         payloads.append(frame[p.HEADER.size :])
     times = []
     for _ in range(3):
-        merger = Merger(p.QuerySpec())
+        merger = merger_for(p.QuerySpec())
         started = time.perf_counter()
         for i in range(adds):
             message = p.decode(payloads[i % len(payloads)])
             assert isinstance(message, p.Result)
-            merger.add(message.partial)
+            partial = message.partial
+            merger.add(from_ipc(partial.table), partial.lines, partial.malformed)
         merger.finalize()
         times.append((time.perf_counter() - started) / adds)
     return statistics.median(times), keys // len(payloads)

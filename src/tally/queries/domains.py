@@ -1,0 +1,198 @@
+"""The domain count: lines per domain under the domain rule (docs/domain-rule.md).
+
+``--domain D`` counts only D; ``--top K`` and ``--all`` count every domain and differ only in
+how many rows they print. Rows are ordered by count descending, then by domain bytes
+ascending. A partial is a table ``key`` (binary) and ``n`` (int64).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+from tally.errors import ProtocolError
+from tally.kernels import DomainCounts
+from tally.protocol import QuerySpec
+from tally.queries.base import QueryResult, TaskOutput, check_lines
+
+SCHEMA = pa.schema([("key", pa.binary(), False), ("n", pa.int64(), False)])
+FORMATS = ("text", "json", "csv", "tsv")
+_LINE_OR_COLUMN_BREAK = re.compile(rb"[\t\n]")
+MAX_LINES = 1 << 62  # more lines than any job has: a sum below it cannot overflow int64
+
+
+def to_table(counts: DomainCounts) -> pa.Table | None:
+    if not counts.counts:
+        return None
+    keys = pa.array(list(counts.counts), pa.binary())
+    n = pa.array(np.fromiter(counts.counts.values(), np.int64, len(counts.counts)))
+    return pa.Table.from_arrays([keys, n], schema=SCHEMA)
+
+
+def load_kernel(name: str) -> Any:
+    """``reference`` (plain Python), ``fast`` (columnar) or ``auto`` (fast when installed)."""
+    if name in ("fast", "auto"):
+        try:
+            from tally.kernels.fast import count_domains as fast
+
+            return fast
+        except ImportError:
+            if name == "fast":
+                raise
+    from tally.kernels.reference import count_domains
+
+    return count_domains
+
+
+class DomainCount:
+    """The query kind of :class:`tally.protocol.QuerySpec` plans."""
+
+    def compute(
+        self, plan: QuerySpec, stream: BinaryIO, record_limit: int, kernel: str
+    ) -> TaskOutput:
+        only = plan.domain if plan.kind == "domain" else None
+        counts = load_kernel(kernel)(stream, only=only, record_limit=record_limit)
+        return TaskOutput(to_table(counts), counts.lines, counts.malformed, counts.bytes_read)
+
+    def check(self, plan: QuerySpec, table: pa.Table | None, lines: int, malformed: int) -> None:
+        check_lines(lines, malformed)
+        if lines >= MAX_LINES:
+            raise ProtocolError(f"malformed partial: {lines} lines")
+        if table is None:
+            if plan.kind != "domain" and lines != malformed:
+                raise ProtocolError("malformed partial: well-formed lines without a count")
+            return
+        if not table.schema.equals(SCHEMA):
+            raise ProtocolError(f"malformed partial: schema {table.schema}")
+        keys, n = table["key"], table["n"]
+        if pc.min(n).as_py() < 1 or pc.min(pc.binary_length(keys)).as_py() < 1:
+            raise ProtocolError("malformed partial: an empty domain or a count below 1")
+        counted = pc.sum(n).as_py()
+        if plan.kind == "domain":
+            if table.num_rows != 1 or keys[0].as_py() != plan.domain:
+                raise ProtocolError("malformed partial: a domain other than the one asked for")
+            if counted > lines - malformed:
+                raise ProtocolError("malformed partial: more matches than lines")
+            return
+        if counted != lines - malformed:
+            raise ProtocolError(
+                f"malformed partial: {counted} counted, {lines - malformed} well-formed lines"
+            )
+        for chunk in keys.chunks:  # no domain spans a line or a column
+            data = chunk.buffers()[2]
+            if data is not None and _LINE_OR_COLUMN_BREAK.search(memoryview(data)):
+                raise ProtocolError("malformed partial: a domain holding a newline or a tab")
+
+    def merger(self, plan: QuerySpec) -> DomainMerger:
+        return DomainMerger(plan)
+
+    def format(self, result: QueryResult, fmt: str) -> str:
+        return format_domains(result, fmt)
+
+
+class DomainMerger:
+    """Merges partials exactly; the order of merging never changes the result.
+
+    Partials stay columnar: their keys and counts pile up as Arrow arrays (views into the
+    received frames) and are summed per key by an Arrow hash aggregation whenever the pile
+    grows past ``compact_rows``, so no Python object is made per key until the final rows.
+    """
+
+    def __init__(self, plan: QuerySpec, compact_rows: int = 1 << 18) -> None:
+        self.plan = plan
+        self.compact_rows = compact_rows
+        self.lines = 0
+        self.malformed = 0
+        self._keys: list[pa.Array] = []
+        self._counts: list[pa.Array] = []
+        self._rows = 0
+
+    def add(self, table: pa.Table | None, lines: int, malformed: int) -> None:
+        if self.lines + lines >= MAX_LINES:
+            raise ProtocolError(f"malformed partial: {lines} lines would overflow the job's count")
+        self.lines += lines
+        self.malformed += malformed
+        if table is None or table.num_rows == 0:
+            return
+        self._keys.extend(table["key"].chunks)
+        self._counts.extend(table["n"].chunks)
+        self._rows += table.num_rows
+        if self._rows > self.compact_rows and len(self._keys) > 1:
+            self._compact()
+
+    def _compact(self) -> pa.Table:
+        # chunked columns: no concatenation, so no 2 GiB limit on 32-bit binary offsets, and
+        # hashing binary is several times faster than large_binary
+        table = pa.table(
+            {
+                "key": pa.chunked_array(self._keys, pa.binary()),
+                "n": pa.chunked_array(self._counts, pa.int64()),
+            }
+        )
+        table = table.group_by("key").aggregate([("n", "sum")]).rename_columns(["key", "n"])
+        self._keys, self._counts = table["key"].chunks, table["n"].chunks
+        self._rows = table.num_rows
+        return table
+
+    def finalize(self, failed_partitions: list[str] | None = None) -> QueryResult:
+        table = self._compact()
+        if self.plan.kind == "domain":
+            domain = self.plan.domain or b""
+            total = pc.sum(table["n"]).as_py() or 0  # at most one key was counted
+            table = pa.table({"domain": pa.array([domain], pa.binary()), "count": [total]})
+        else:
+            order = pc.sort_indices(table, sort_keys=[("n", "descending"), ("key", "ascending")])
+            if self.plan.kind == "top":
+                order = order[: self.plan.k]
+            table = table.take(order).rename_columns(["domain", "count"])
+        return QueryResult(self.plan, table, self.lines, self.malformed, failed_partitions or [])
+
+
+def show(domain: bytes) -> str:
+    """Domain bytes as UTF-8 text; invalid bytes appear as ``\\xff``, never dropped."""
+    return domain.decode("utf-8", "backslashreplace")
+
+
+def format_domains(result: QueryResult, fmt: str) -> str:
+    """The text printed on stdout (ending with a newline, unless there is nothing to print).
+
+    ``text``: ``domain count`` lines (the count alone for a domain query). ``json``: one
+    document with the rows and the accounting. ``csv`` and ``tsv``: a ``domain,count`` header
+    and one row per domain (a single row for a domain query), quoted and ended as RFC 4180
+    says (the csv module's ``excel`` and ``excel-tab`` dialects: CRLF line ends, a field with
+    a delimiter, quote or line break in double quotes).
+    """
+    plan: QuerySpec = result.plan
+    rows = result.rows
+    if fmt == "json":
+        doc: dict[str, object] = {
+            "query": plan.kind,
+            "complete": result.complete,
+            "lines": result.lines,
+            "malformed_lines": result.malformed,
+            "failed_partitions": result.failed_partitions,
+        }
+        if plan.kind == "domain":
+            doc["domain"] = show(rows[0][0])
+            doc["count"] = rows[0][1]
+        else:
+            doc["rows"] = [{"domain": show(d), "count": n} for d, n in rows]
+        return json.dumps(doc, ensure_ascii=False) + "\n"
+    if fmt in ("csv", "tsv"):
+        out = io.StringIO()
+        writer = csv.writer(out, dialect="excel" if fmt == "csv" else "excel-tab")
+        writer.writerow(("domain", "count"))
+        writer.writerows((show(d), n) for d, n in rows)
+        return out.getvalue()
+    if fmt != "text":
+        raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+    if plan.kind == "domain":
+        return f"{rows[0][1]}\n"
+    return "".join(f"{show(d)} {n}\n" for d, n in rows)

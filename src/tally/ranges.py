@@ -1,0 +1,113 @@
+"""Line-aligned byte ranges: cutting a partition into tasks, and reading one task's lines.
+
+A range ``[start, end)`` owns every line that *starts* in it; the first range also owns the
+line at 0. Reading a range skips to the first line that starts at or after ``start`` and
+reads past ``end`` to finish the last line it owns, so the ranges of a partition together
+hold each of its lines exactly once, whatever the cut points. Memory stays bounded: a line
+longer than a range streams through in chunks like any other.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO
+
+CHUNK = 1 << 20
+
+
+def cut(size: int, split_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of about ``split_size`` bytes covering ``size`` bytes; one
+    range ``(0, -1)`` (the whole partition) when it needs no cutting."""
+    if split_size <= 0 or size <= split_size:
+        return [(0, -1)]
+    count = -(-size // split_size)
+    step = -(-size // count)  # even ranges: no tiny last one
+    return [(a, min(a + step, size)) for a in range(0, size, step)]
+
+
+class RangeReader(io.RawIOBase):
+    """The lines ``[start, end)`` owns, read from ``stream`` (positioned at 0, or seekable)."""
+
+    def __init__(self, stream: BinaryIO, start: int, end: int, chunk: int = CHUNK) -> None:
+        self._stream = stream
+        self._chunk = chunk
+        self._end = end  # the owned lines are those starting before this position
+        self._pos = 0  # the stream position of the next byte of self._buffer
+        self._buffer = b""
+        self._done = False
+        self.bytes_read = 0
+        if start > 0:
+            self._skip_to(start - 1)
+            self._skip_line()  # the line holding byte start-1 belongs to the range before
+
+    # --- io.RawIOBase ------------------------------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._done:
+            return 0
+        if not self._buffer:
+            self._buffer = self._read(max(len(target), self._chunk))
+            if not self._buffer:
+                self._done = True
+                return 0
+        piece = self._buffer[: len(target)]
+        if self._pos + len(piece) >= self._end:  # at or past the end: stop after this line
+            last = max(self._end - 1 - self._pos, 0)  # a line starting at end-1 or before
+            newline = piece.find(b"\n", last)
+            if newline >= 0:
+                piece = piece[: newline + 1]
+                self._done = True
+        n = len(piece)
+        target[:n] = piece
+        self._buffer = self._buffer[n:]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+    # --- mechanics ---------------------------------------------------------------------------
+
+    def _read(self, size: int) -> bytes:
+        data = self._stream.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def _skip_to(self, position: int) -> None:
+        try:
+            self._stream.seek(position)
+            self._pos = position
+        except (OSError, io.UnsupportedOperation, AttributeError):
+            while self._pos < position:  # not seekable: read and drop
+                data = self._read(min(self._chunk, position - self._pos))
+                if not data:
+                    self._done = True
+                    return
+                self._pos += len(data)
+
+    def _skip_line(self) -> None:
+        """Drop bytes up to and including the next newline."""
+        while not self._done:
+            data = self._read(self._chunk)
+            if not data:
+                self._done = True
+                return
+            newline = data.find(b"\n")
+            if newline >= 0:
+                self._pos += newline + 1
+                self._buffer = data[newline + 1 :]
+                if self._pos >= self._end:
+                    self._done = True  # the first line it could own starts past its end
+                return
+            self._pos += len(data)
+
+
+def open_range(stream: BinaryIO, start: int, end: int) -> BinaryIO:
+    """``stream`` itself for a whole partition, else a buffered reader of the owned lines."""
+    if start == 0 and end < 0:
+        return stream
+    return io.BufferedReader(RangeReader(stream, start, end if end >= 0 else 1 << 62))

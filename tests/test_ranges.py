@@ -1,0 +1,87 @@
+"""Line-aligned byte ranges: cut anywhere, the ranges together hold every line exactly once."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tally.kernels.reference import count_domains
+from tally.ranges import RangeReader, cut, open_range
+
+
+class Unseekable(io.RawIOBase):
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        piece = self._data.read(min(len(target), 3))  # short reads, as a socket gives
+        target[: len(piece)] = piece
+        return len(piece)
+
+
+LINES = st.lists(
+    st.tuples(
+        st.binary(max_size=4).filter(lambda b: b"\n" not in b and b"\t" not in b),
+        st.sampled_from([b"http://a.ru/x", b"b.com", b"https://c.org", b"", b"x" * 40]),
+        st.sampled_from([b"\n", b"\r\n"]),
+    ),
+    max_size=30,
+).map(lambda rows: b"".join(i + b"\t" + u + end for i, u, end in rows))
+
+
+def read_ranges(data: bytes, ranges: list[tuple[int, int]], seekable: bool, chunk: int) -> bytes:
+    out = []
+    for start, end in ranges:
+        stream = io.BytesIO(data) if seekable else Unseekable(data)
+        reader = RangeReader(stream, start, end if end >= 0 else 1 << 62, chunk=chunk)  # type: ignore[arg-type]
+        out.append(reader.read())
+    return b"".join(out)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    LINES,
+    st.booleans(),
+    st.lists(st.integers(0, 400), max_size=6),
+    st.booleans(),
+    st.integers(1, 9),
+)
+def test_any_cut_reads_every_line_once(
+    data: bytes, final_newline: bool, cuts: list[int], seekable: bool, chunk: int
+) -> None:
+    if not final_newline and data.endswith(b"\n"):
+        data = data[:-1]
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    bounds = [0, *points, len(data)]
+    ranges = list(itertools.pairwise(bounds)) or [(0, -1)]
+    assert read_ranges(data, ranges, seekable, chunk) == data
+    whole = count_domains(io.BytesIO(data))
+    parts = [
+        count_domains(open_range(io.BytesIO(data), a, b))  # type: ignore[arg-type]
+        for a, b in ranges
+    ]
+    total = parts[0]
+    for part in parts[1:]:
+        total.merge(part)
+    total.bytes_read = whole.bytes_read
+    assert total == whole
+
+
+def test_cut_makes_even_ranges_and_leaves_small_partitions_whole() -> None:
+    assert cut(100, 0) == [(0, -1)]
+    assert cut(100, 100) == [(0, -1)]
+    assert cut(100, 30) == [(0, 25), (25, 50), (50, 75), (75, 100)]
+    assert cut(101, 50) == [(0, 34), (34, 68), (68, 101)]
+
+
+def test_a_line_longer_than_its_range_belongs_to_the_range_it_starts_in() -> None:
+    data = b"1\t" + b"a" * 100 + b"\n2\tb.ru\n"
+    assert read_ranges(data, [(0, 10)], True, 4) == data[: data.index(b"\n") + 1]
+    assert read_ranges(data, [(10, 50)], True, 4) == b""
+    assert read_ranges(data, [(50, len(data))], True, 4) == b"2\tb.ru\n"
