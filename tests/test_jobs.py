@@ -401,3 +401,25 @@ def test_random_interleavings_commit_each_task_of_each_job_exactly_once(
         for task in range(size):
             expected.update(partial_of(job, task))
         assert merged[job] == expected
+
+
+def test_a_resumed_job_runs_only_the_tasks_not_yet_committed() -> None:
+    sch = Scheduler(first_attempt=50)
+    sch.handle(e.JobSubmitted("j", 4, 0.0, done=frozenset({0, 2})))
+    actions = sch.handle(e.WorkerJoined(1, 4, 0.1))
+    assert [(a.task, a.attempt) for a in of(actions, e.Assign)] == [(1, 50), (3, 51)]
+    sch.handle(e.Delivered(1, 50, 0.2, "b"))
+    assert of(sch.handle(e.Delivered(1, 51, 0.3, "d")), Finish) == [Finish("j")]
+    assert sch.handle(e.JobSubmitted("k", 2, 0.4, done=frozenset({0, 1}))) == [Finish("k")]
+
+
+def test_attempt_ids_are_reserved_in_blocks_before_they_are_issued() -> None:
+    reserved: list[int] = []
+    sch = Scheduler(first_attempt=7, reserve=reserved.append)
+    sch.handle(e.WorkerJoined(1, 2, 0.0))
+    sch.handle(e.JobSubmitted("j", 3, 0.0))
+    assert reserved == [7 + 4096] and set(sch.attempts) == {7, 8}
+    restarted = Scheduler(first_attempt=reserved[-1])  # what a restart reads back
+    restarted.handle(e.WorkerJoined(1, 1, 0.0))
+    restarted.handle(e.JobSubmitted("j", 1, 0.0))
+    assert set(restarted.attempts) == {7 + 4096}

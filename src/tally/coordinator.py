@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tally import protocol as p
 from tally.errors import ProtocolError
@@ -42,6 +42,7 @@ class CoordinatorConfig:
     progress: bool = False  # a progress bar (or periodic log line) on stderr
     events: str | None = None  # a file that receives every event record as it happens
     serving: bool = False  # workers stay across jobs (``tally serve``)
+    first_attempt: int = 1  # a restarted service starts past every id it ever issued
 
     @property
     def heartbeat_s(self) -> float:
@@ -60,6 +61,25 @@ class JobSpec:
     @property
     def urls(self) -> list[str]:
         return [task.url for task in self.tasks]
+
+
+@dataclass
+class TaskPartial:
+    """A committed task's partial: what the merger adds, and what a journal keeps."""
+
+    table: Any  # pa.Table | None
+    lines: int
+    malformed: int
+
+
+class Journal(Protocol):
+    """Where a service keeps what must survive a restart (see :mod:`tally.service`)."""
+
+    def reserve_attempts(self, below: int) -> None: ...
+
+    def committed(self, job_id: str, task: int, partial: TaskPartial) -> None: ...
+
+    def ended(self, run: JobRun) -> None: ...
 
 
 @dataclass
@@ -93,10 +113,16 @@ class JobRun:
 
 
 class Coordinator:
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, journal: Journal | None = None) -> None:
         self.config = config
+        self.journal = journal
         self.events = EventFile(config.events) if config.events else None
-        self.scheduler = Scheduler(config.lease_timeout_s, listener=self._on_record)
+        self.scheduler = Scheduler(
+            config.lease_timeout_s,
+            first_attempt=config.first_attempt,
+            listener=self._on_record,
+            reserve=journal.reserve_attempts if journal is not None else None,
+        )
         self.runs: dict[str, JobRun] = {}
         self.conns: dict[int, Connection] = {}
         self.plans_sent: dict[int, set[str]] = {}  # worker -> jobs whose plan it has
@@ -275,7 +301,7 @@ class Coordinator:
                 table = from_ipc(partial.table)
                 # a bad partial drops this worker, never the merge
                 kind_of(run.spec.plan).check(run.spec.plan, table, partial.lines, partial.malformed)
-                payload = (table, partial.lines, partial.malformed)
+                payload = TaskPartial(table, partial.lines, partial.malformed)
                 return ev.Delivered(worker, msg.attempt, now, payload, msg.bytes_read, msg.busy_s,
                                     msg.job_id)  # fmt: skip
             case p.Failed():
@@ -324,8 +350,10 @@ class Coordinator:
                     self.plans_sent.pop(worker, None)
                     if conn is not None:
                         conn.writer.transport.abort()
-                case ev.Commit(job=job_id, payload=payload):
-                    self.runs[job_id].merger.add(*payload)
+                case ev.Commit(job=job_id, task=task, payload=payload):
+                    if self.journal is not None:
+                        self.journal.committed(job_id, task, payload)
+                    self.runs[job_id].merger.add(payload.table, payload.lines, payload.malformed)
                 case Finish():
                     self._end(action)
 
@@ -339,6 +367,8 @@ class Coordinator:
                 if conn is not None and self.config.serving:
                     conn.send(p.JobEnded(finish.job))
         run.outcome = self._outcome(run, finish)
+        if self.journal is not None:
+            self.journal.ended(run)
         run.done.set()
 
     # --- results -----------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class JobSubmitted:
     tasks: int
     now: float
     config: JobConfig = field(default_factory=JobConfig)
+    done: frozenset[int] = frozenset()  # tasks committed before (a job resumed from a journal)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from tally.jobs.events import (
 from tally.jobs.tasks import Attempt, Finish, JobTasks
 
 Listener = Callable[[dict[str, Any]], None]
+ATTEMPT_BLOCK = 4096
 
 
 class Scheduler:
@@ -45,12 +46,17 @@ class Scheduler:
         lease_timeout_s: float = 3.0,
         first_attempt: int = 1,
         listener: Listener | None = None,
+        reserve: Callable[[int], None] | None = None,
     ) -> None:
+        """``reserve(n)`` is called before any attempt id reaches ``n``: a service journals
+        it, and a restart begins at the last ``n`` reserved, so no id is ever issued twice."""
         self.pool = Pool(lease_timeout_s)
         self.jobs: dict[str, JobTasks] = {}  # every job, in submission order
         self.active: dict[str, JobTasks] = {}  # the unfinished ones
         self.attempts: dict[int, Attempt] = {}  # live attempts of every job
         self.next_attempt = first_attempt
+        self.reserve = reserve
+        self._reserved = first_attempt  # ids below this may be issued
         self.timeline: list[dict[str, Any]] = []
         self.listener = listener
         self.refused: list[str] = []  # reasons peers were disconnected for lying
@@ -111,7 +117,7 @@ class Scheduler:
         def record(now: float, kind: str, **fields: Any) -> None:
             self._record(now, kind, job=event.job, **fields)
 
-        job = JobTasks(event.job, event.tasks, event.config, event.now, record)
+        job = JobTasks(event.job, event.tasks, event.config, event.now, record, event.done)
         self.jobs[event.job] = self.active[event.job] = job
         self._start_ready_jobs(event.now)
 
@@ -244,6 +250,10 @@ class Scheduler:
     def _start(
         self, job: JobTasks, task: int, worker: int, now: float, backup: bool, actions: list[Action]
     ) -> None:
+        if self.next_attempt >= self._reserved:
+            self._reserved = self.next_attempt + ATTEMPT_BLOCK
+            if self.reserve is not None:
+                self.reserve(self._reserved)
         attempt = job.start(task, self.next_attempt, worker, now, backup)
         self.next_attempt += 1
         self.attempts[attempt.id] = attempt

@@ -97,15 +97,23 @@ class _Task:
 
 class JobTasks:
     def __init__(
-        self, job: str, tasks: int, config: JobConfig, now: float, record: Recorder
+        self,
+        job: str,
+        tasks: int,
+        config: JobConfig,
+        now: float,
+        record: Recorder,
+        done: frozenset[int] = frozenset(),
     ) -> None:
         self.job = job
         self.config = config
         self.submitted_at = now
-        self.tasks = [_Task() for _ in range(tasks)]
-        self.queue: deque[int] = deque(range(tasks))
+        self.tasks = [
+            _Task(TaskState.DONE if i in done else TaskState.PENDING) for i in range(tasks)
+        ]
+        self.queue: deque[int] = deque(i for i in range(tasks) if i not in done)
         self.live: dict[int, Attempt] = {}
-        self.counters = Counters()
+        self.counters = Counters(commits=sum(1 for i in done if 0 <= i < tasks))
         self.workers: dict[int, WorkerTally] = {}
         self.durations: list[float] = []
         self.started_at: float | None = None
