@@ -48,7 +48,7 @@ def split_round_robin(source: Path, out_dir: Path, partitions: int) -> Path:
 def reference_output(path: Path, query: QuerySpec, fmt: str = "text") -> str:
     """What tally must print for ``query`` over the single file ``path``."""
     with path.open("rb") as f:
-        counts = count_domains(f)
+        counts = count_domains(f, only=query.domain if query.kind == "domain" else None)
     merger = merger_for(query)
     merger.add(to_table(counts), counts.lines, counts.malformed)
     return format_result(merger.finalize(), fmt)

@@ -40,12 +40,15 @@ def to_ipc(table: pa.Table | None) -> bytes | None:
 
 
 def from_ipc(data: memoryview | bytes | None) -> pa.Table | None:
-    """A table read back from an IPC stream as views into ``data``; ProtocolError if it is
-    not one."""
+    """A table read back from an IPC stream as views into ``data`` (copied once if ``data``
+    is not 8-byte aligned); ProtocolError if it is not one."""
     if data is None:
         return None
+    buffer = pa.py_buffer(data)
+    if buffer.address % 8:  # a view into a frame lands anywhere: Arrow wants aligned columns
+        buffer = pa.py_buffer(bytes(data))
     try:
-        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        return pa.ipc.open_stream(buffer).read_all()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise ProtocolError(f"malformed partial: not an Arrow IPC stream ({exc})") from exc
 
