@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import SAMPLE, reference_output
 from tally.kernels.reference import count_domains
-from tally.ranges import RangeReader, cut, open_range
+from tally.protocol import QuerySpec
+from tally.ranges import RangeReader, cut, open_range, plan_tasks
 
 
 class Unseekable(io.RawIOBase):
@@ -85,3 +91,37 @@ def test_a_line_longer_than_its_range_belongs_to_the_range_it_starts_in() -> Non
     assert read_ranges(data, [(0, 10)], True, 4) == data[: data.index(b"\n") + 1]
     assert read_ranges(data, [(10, 50)], True, 4) == b""
     assert read_ranges(data, [(50, len(data))], True, 4) == b"2\tb.ru\n"
+
+
+def test_a_large_partition_runs_as_ranges_on_every_worker_with_the_same_result(
+    tmp_path: Path,
+) -> None:
+    big = tmp_path / "big.tsv"
+    big.write_bytes(SAMPLE.read_bytes() * 50)  # ~1 MB, 10,000 lines
+    (tmp_path / "list.csv").write_text("big.tsv\n")
+    stats = tmp_path / "stats.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "run", str(tmp_path / "list.csv"), "--workers", "2",
+         "--all", "--split-size", "64KiB", "--stats", str(stats), "-q"],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode() == reference_output(big, QuerySpec("all"))
+    record = json.loads(stats.read_text())
+    assert record["partitions"] == len(cut(big.stat().st_size, 64 << 10)) == 16
+    assert all(w["partitions"] > 0 for w in record["workers"])
+    assert record["lines"] == 10_000 and record["bytes"] == big.stat().st_size
+
+
+def test_plan_tasks_cuts_only_large_partitions_and_versions_every_one(tmp_path: Path) -> None:
+    small, large = tmp_path / "s", tmp_path / "l"
+    small.write_bytes(b"1\ta.ru\n")
+    large.write_bytes(b"1\ta.ru\n" * 100)
+    tasks = plan_tasks([str(small), str(large), str(tmp_path / "missing")], 300)
+    assert [(t.url, t.start, t.end) for t in tasks] == [
+        (str(small), 0, -1),
+        (str(large), 0, 234), (str(large), 234, 468), (str(large), 468, 700),
+        (str(tmp_path / "missing"), 0, -1),
+    ]  # fmt: skip
+    st = large.stat()
+    assert tasks[1].version == f"{st.st_size}-{st.st_mtime_ns}" and tasks[-1].version == ""

@@ -39,6 +39,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    from tally.datagen import parse_size
+
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -102,6 +111,14 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "--no-speculation",
         action="store_true",
         help="never start backup attempts for slow partitions",
+    )
+    parser.add_argument(
+        "--split-size",
+        type=_size,
+        default=64 << 20,
+        metavar="SIZE",
+        help="cut partitions larger than SIZE into line-aligned ranges run as separate tasks "
+        "(default 64MiB; 0 never cuts)",
     )
     parser.add_argument(
         "--record-limit",
@@ -239,7 +256,8 @@ def coordinator_config(args: argparse.Namespace, token: bytes) -> CoordinatorCon
 def job_spec(args: argparse.Namespace, urls: list[str]) -> JobSpec:
     from tally.coordinator import JobSpec
     from tally.jobs.tasks import JobConfig
-    from tally.protocol import QuerySpec, Task
+    from tally.protocol import QuerySpec
+    from tally.ranges import plan_tasks
 
     if args.domain is not None:
         query = QuerySpec("domain", domain=args.domain.encode("utf-8", "surrogateescape"))
@@ -248,7 +266,7 @@ def job_spec(args: argparse.Namespace, urls: list[str]) -> JobSpec:
     else:
         query = QuerySpec("top", k=args.top or 25)
     return JobSpec(
-        tasks=[Task(url) for url in urls],
+        tasks=plan_tasks(urls, args.split_size),
         plan=query,
         record_limit=args.record_limit,
         config=JobConfig(

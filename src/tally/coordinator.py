@@ -59,8 +59,8 @@ class JobSpec:
     record_limit: int = DEFAULT_RECORD_LIMIT
 
     @property
-    def urls(self) -> list[str]:
-        return [task.url for task in self.tasks]
+    def labels(self) -> list[str]:
+        return [task.label for task in self.tasks]
 
 
 @dataclass
@@ -374,7 +374,7 @@ class Coordinator:
     # --- results -----------------------------------------------------------------------------
 
     def _outcome(self, run: JobRun, finish: Finish) -> Outcome:
-        urls = run.spec.urls
+        urls = run.spec.labels
         failed = [urls[i] for i in finish.failed_tasks]
         result = None if finish.error else run.merger.finalize(failed)
         timeline = [r for r in self.scheduler.timeline if r.get("job", run.id) == run.id]
@@ -397,7 +397,7 @@ class Coordinator:
             "bytes": sum(t.bytes_read for t in job.workers.values()),
             "complete": not finish.error and not finish.failed_tasks,
             "error": finish.error,
-            "failed_partitions": [run.spec.urls[i] for i in finish.failed_tasks],
+            "failed_partitions": [run.spec.labels[i] for i in finish.failed_tasks],
             "peers_refused": self.refused + len(self.scheduler.refused),
             "workers": [
                 {

@@ -92,6 +92,13 @@ class Task(msgspec.Struct, frozen=True):
     end: int = -1
     version: str = ""
 
+    @property
+    def label(self) -> str:
+        """The URL, with its byte range when it is one: how messages name the task."""
+        return (
+            self.url if self.start == 0 and self.end < 0 else f"{self.url}[{self.start}:{self.end}]"
+        )
+
 
 class Assign(Message, tag="assign"):
     """Coordinator -> worker: run this attempt of this job's task."""

@@ -1,4 +1,4 @@
-"""Line-aligned byte ranges: cutting a partition into tasks, and reading one task's lines.
+"""Line-aligned byte ranges: cutting partitions into tasks, and reading one task's lines.
 
 A range ``[start, end)`` owns every line that *starts* in it; the first range also owns the
 line at 0. Reading a range skips to the first line that starts at or after ``start`` and
@@ -10,7 +10,13 @@ longer than a range streams through in chunks like any other.
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
+
+from tally.errors import PartitionError
+from tally.protocol import Task
+from tally.storage import is_remote, local_path
 
 CHUNK = 1 << 20
 
@@ -111,3 +117,47 @@ def open_range(stream: BinaryIO, start: int, end: int) -> BinaryIO:
     if start == 0 and end < 0:
         return stream
     return io.BufferedReader(RangeReader(stream, start, end if end >= 0 else 1 << 62))
+
+
+def describe(url: str) -> tuple[int | None, str]:
+    """A partition's size (None when unknown) and version: size and mtime for a file, the
+    ETag (or size and last-modified) of an object."""
+    if not is_remote(url):
+        try:
+            st = os.stat(local_path(url))
+        except OSError as exc:
+            raise PartitionError(f"cannot open {url}: {exc.strerror}") from exc
+        return st.st_size, f"{st.st_size}-{st.st_mtime_ns}"
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+    except Exception as exc:  # reported by the task that reads it, with the storage error
+        raise PartitionError(f"cannot open {url}: {exc}") from exc
+    size = info.get("size")
+    tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
+    version = str(tag).strip('"') if tag else ("" if size is None else str(size))
+    return (int(size) if size is not None else None), version
+
+
+def plan_tasks(urls: list[str], split_size: int, threads: int = 16) -> list[Task]:
+    """One task per partition, or per line-aligned range of ``split_size`` bytes of one
+    larger than that; each with the version listed. A partition that cannot be described
+    now stays one task, so that its attempts report why."""
+
+    def tasks_of(url: str) -> list[Task]:
+        try:
+            size, version = describe(url)
+        except PartitionError:
+            return [Task(url)]
+        if size is None:
+            return [Task(url, version=version)]
+        return [Task(url, a, b, version) for a, b in cut(size, split_size)]
+
+    if len(urls) > 1 and any(is_remote(u) for u in urls):
+        with ThreadPoolExecutor(min(threads, len(urls))) as pool:
+            nested = list(pool.map(tasks_of, urls))
+    else:
+        nested = [tasks_of(url) for url in urls]
+    return [task for tasks in nested for task in tasks]
