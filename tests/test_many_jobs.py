@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import SAMPLE, reference_output
-from tally.coordinator import Coordinator, CoordinatorConfig, JobRun, JobSpec
+from tally.coordinator import Coordinator, CoordinatorConfig
+from tally.job import JobRun, JobSpec
 from tally.jobs.tasks import JobConfig
 from tally.protocol import QuerySpec, Task
 from tally.queries import format_result

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from tally.errors import ConfigError, TallyError
 
 if TYPE_CHECKING:  # the command line imports what a subcommand needs only when it runs
-    from tally.coordinator import CoordinatorConfig, JobSpec, Outcome
+    from tally.coordinator import CoordinatorConfig
+    from tally.job import JobSpec, Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 log = logging.getLogger("tally")
@@ -254,7 +255,7 @@ def coordinator_config(args: argparse.Namespace, token: bytes) -> CoordinatorCon
 
 
 def job_spec(args: argparse.Namespace, urls: list[str]) -> JobSpec:
-    from tally.coordinator import JobSpec
+    from tally.job import JobSpec
     from tally.jobs.tasks import JobConfig
     from tally.protocol import QuerySpec
     from tally.ranges import plan_tasks

@@ -13,20 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tally import protocol as p
 from tally.errors import ProtocolError
 from tally.events_file import EventFile
+from tally.job import JobRun, JobSpec, Outcome, TaskPartial, job_stats
 from tally.jobs import events as ev
 from tally.jobs.scheduler import Scheduler
-from tally.jobs.tasks import Finish, JobConfig, JobTasks
-from tally.kernels import DEFAULT_RECORD_LIMIT
+from tally.jobs.tasks import Finish
 from tally.net import Connection, accept_handshake
 from tally.progress import ProgressDisplay, Snapshot
-from tally.queries import Merger, QueryResult, from_ipc, kind_of, merger_for
+from tally.queries import from_ipc, kind_of
 
 log = logging.getLogger("tally.coordinator")
 TICK_S = 0.1
@@ -49,29 +48,6 @@ class CoordinatorConfig:
         return max(0.05, self.lease_timeout_s / 6)
 
 
-@dataclass
-class JobSpec:
-    """A job: its tasks, what each computes, and how hard to try."""
-
-    tasks: list[p.Task]
-    plan: p.Plan = field(default_factory=p.QuerySpec)
-    config: JobConfig = field(default_factory=JobConfig)
-    record_limit: int = DEFAULT_RECORD_LIMIT
-
-    @property
-    def labels(self) -> list[str]:
-        return [task.label for task in self.tasks]
-
-
-@dataclass
-class TaskPartial:
-    """A committed task's partial: what the merger adds, and what a journal keeps."""
-
-    table: Any  # pa.Table | None
-    lines: int
-    malformed: int
-
-
 class Journal(Protocol):
     """Where a service keeps what must survive a restart (see :mod:`tally.service`)."""
 
@@ -80,36 +56,6 @@ class Journal(Protocol):
     def committed(self, job_id: str, task: int, partial: TaskPartial) -> None: ...
 
     def ended(self, run: JobRun) -> None: ...
-
-
-@dataclass
-class Outcome:
-    """What a finished job hands back: the result (None if it failed) and its record."""
-
-    result: QueryResult | None
-    error: str | None
-    stats: dict[str, Any]
-    timeline: list[dict[str, Any]]
-
-
-class JobRun:
-    """One submitted job: its merger, and its outcome once it ends."""
-
-    def __init__(self, job_id: str, spec: JobSpec, now: float) -> None:
-        self.id = job_id
-        self.spec = spec
-        self.merger: Merger = merger_for(spec.plan)
-        self.submitted_at = now
-        self.submitted_wall = time.time()
-        self.ended_at: float | None = None
-        self.finish: Finish | None = None
-        self.done = asyncio.Event()
-        self.outcome: Outcome | None = None
-
-    async def wait(self) -> Outcome:
-        await self.done.wait()
-        assert self.outcome is not None
-        return self.outcome
 
 
 class Coordinator:
@@ -379,36 +325,6 @@ class Coordinator:
         result = None if finish.error else run.merger.finalize(failed)
         timeline = [r for r in self.scheduler.timeline if r.get("job", run.id) == run.id]
         job = self.scheduler.jobs[run.id]
-        return Outcome(result, finish.error, self._stats(run, job, finish), timeline)
-
-    def _stats(self, run: JobRun, job: JobTasks, finish: Finish) -> dict[str, Any]:
-        members = self.scheduler.pool.members
-        started = job.started_at
-        end = run.ended_at if run.ended_at is not None else self._now()
-        return {
-            "job_id": run.id,
-            "wall_s": round(end - run.submitted_at, 6),
-            "ready_s": None if started is None else round(started - run.submitted_at, 6),
-            "started_at": run.submitted_wall,
-            "partitions": job.size,
-            **job.stats(),
-            "malformed_lines": run.merger.malformed,
-            "lines": run.merger.lines,
-            "bytes": sum(t.bytes_read for t in job.workers.values()),
-            "complete": not finish.error and not finish.failed_tasks,
-            "error": finish.error,
-            "failed_partitions": [run.spec.labels[i] for i in finish.failed_tasks],
-            "peers_refused": self.refused + len(self.scheduler.refused),
-            "workers": [
-                {
-                    "id": worker,
-                    "name": members[worker].name,
-                    "partitions": t.committed,
-                    "attempts": t.attempts,
-                    "bytes": t.bytes_read,
-                    "busy_s": round(t.busy_s, 6),
-                    "lost": members[worker].lost,
-                }
-                for worker, t in sorted(job.workers.items())
-            ],
-        }
+        refused = self.refused + len(self.scheduler.refused)
+        stats = job_stats(run, job, finish, self.scheduler.pool, refused, self._now())
+        return Outcome(result, finish.error, stats, timeline)
