@@ -328,3 +328,14 @@ class Coordinator:
         refused = self.refused + len(self.scheduler.refused)
         stats = job_stats(run, job, finish, self.scheduler.pool, refused, self._now())
         return Outcome(result, finish.error, stats, timeline)
+
+
+__all__ = [
+    "Coordinator",
+    "CoordinatorConfig",
+    "JobRun",
+    "JobSpec",
+    "Journal",
+    "Outcome",
+    "TaskPartial",
+]
