@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,25 @@ def test_a_download_reads_until_the_end(monkeypatch: pytest.MonkeyPatch) -> None
         prefetch.start(1, "http://127.0.0.1:9/p.tsv")
         with prefetch.take(1, "http://127.0.0.1:9/p.tsv") as stream:
             assert stream.read() == data
+
+
+def test_a_download_cut_short_fails_with_one_reason() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/p.tsv"
+
+        def answer_then_hang_up() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n1\thttp://a/\n")
+
+        thread = threading.Thread(target=answer_then_hang_up, daemon=True)
+        thread.start()
+        prefetch = Prefetcher()
+        prefetch.start(1, url)
+        with pytest.raises(PartitionError) as info:
+            prefetch.take(1, url)
+        thread.join(timeout=20)
+    assert info.value.message == (
+        f"cannot read {url}: the connection closed before the end (99988 more bytes expected)"
+    )

@@ -14,7 +14,8 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
-from tally.errors import PartitionError
+from tally.errors import PartitionError, TallyError
+from tally.remote import display
 from tally.storage import is_remote, open_partition
 
 DEFAULT_MAX_BYTES = 256 << 20
@@ -65,9 +66,12 @@ class Prefetcher:
                 if not piece:
                     break
                 data += piece
+        except TallyError:  # already says which URL and why, in one line
+            stream.close()
+            raise
         except Exception as exc:
             stream.close()
-            raise PartitionError(f"cannot read {url}: {exc}") from exc
+            raise PartitionError(f"cannot read {display(url)}: {exc}") from exc
         if len(data) <= self.max_bytes:
             stream.close()
             return io.BytesIO(data)
