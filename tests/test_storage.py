@@ -240,8 +240,9 @@ def test_http_failures_are_one_line_reasons(tmp_path: Path, kind: str) -> None:
         listing.write_text(f"{url}\n")
         done = tally("run", str(listing), "--workers", "1")  # a partition: K attempts, exit 1
         assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        final = " (retrying cannot help)" if attempts == 1 else ""
         assert last_line(done).startswith(
-            f"tally: job failed: partition 0 failed {attempts} time(s); "
+            f"tally: job failed: partition 0 failed {attempts} time(s){final}; "
             f"last error: PartitionError: cannot open {url}: {why}"
         )
         done = tally("run", url, "--workers", "1")  # the source itself: exit 2
