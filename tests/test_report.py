@@ -5,7 +5,9 @@ raw records must agree."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import re
 import statistics
 import struct
@@ -19,7 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import SAMPLE, reference_output, split_round_robin
 from tally.errors import ConfigError
+from tally.protocol import QuerySpec
 from tally.report import cost, fmt, markdown
 from tally.report.scaling import MIN_NOISE, change, scaling_stop, speedup_rows, summarize
 from tally.report.throttled_http import TokenBucket
@@ -418,6 +422,84 @@ def test_recovery_prose_follows_the_sign_of_the_extra_time() -> None:
         "The job with the faults took 9.100 s, 3.000 s more than the same job without faults "
         "(6.100 s; one run each)." in markdown.render(r)
     )
+
+
+# --- matplotlib belongs to the report extra ---------------------------------------------------
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "tally"
+
+
+def test_only_the_plots_module_imports_matplotlib() -> None:
+    importers = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                else [node.args[0].value] if isinstance(node, ast.Call) and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+                else []
+            )  # fmt: skip
+            if any(name.split(".")[0] == "matplotlib" for name in names):
+                importers.append(str(path.relative_to(SRC)))
+    assert sorted(set(importers)) == ["report/__init__.py", "report/plots.py"]
+    # importing every other module loads no matplotlib
+    code = (
+        "import importlib, pkgutil, sys, tally\n"
+        "for m in pkgutil.walk_packages(tally.__path__, 'tally.'):\n"
+        "    if m.name not in ('tally.report.plots', 'tally.__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+
+
+@pytest.fixture
+def without_matplotlib(tmp_path: Path) -> dict[str, str]:
+    """An environment in which ``import matplotlib`` fails, for every child process too."""
+    blocker = tmp_path / "blocker"
+    (blocker / "matplotlib").mkdir(parents=True)
+    (blocker / "matplotlib" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'matplotlib'\")\n"
+    )
+    path = [str(blocker), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def test_report_without_matplotlib_is_one_line_and_exit_2(
+    tmp_path: Path, without_matplotlib: dict[str, str]
+) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "report", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env=without_matplotlib,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "tally: the report's plots need matplotlib, which is not installed: "
+        "pip install 'tally[report]'"
+    ]
+    assert not out.exists()  # it stopped before any experiment
+
+
+def test_a_cluster_runs_without_matplotlib(
+    tmp_path: Path, without_matplotlib: dict[str, str]
+) -> None:
+    filelist = split_round_robin(SAMPLE, tmp_path / "parts", 8)
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "run", str(filelist), "--workers", "2", "--top", "25"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env=without_matplotlib,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == reference_output(SAMPLE, QuerySpec("top", k=25))
+    check = subprocess.run([sys.executable, "-c", "import matplotlib"], capture_output=True,
+                           timeout=60, env=without_matplotlib)  # fmt: skip
+    assert check.returncode == 1  # the blocker works
 
 
 # --- one real `tally report --quick` ----------------------------------------------------------
