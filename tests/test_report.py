@@ -241,7 +241,8 @@ def records(
 
     return {
         "meta": {"mode": "quick", "generated_at": "2026-01-01 00:00 UTC", "platform": "Linux",
-                 "cores": cores, "python": "3.11", "duration_s": 60.0},
+                 "cores": cores, "python": "3.11", "duration_s": 60.0,
+                 "load_average": [0.5, 3.04]},
         "data": {"local": cpu["data"], "http": http["data"]},
         "speedup": {"cpu": cpu, "http": http},
         "load": {
@@ -318,8 +319,9 @@ def check_scaling_claims(
     if knee != n_best:
         assert f", no measurable change from {fmt.workers(knee)} " in text
     # "A workers are <verdict> B workers"
-    verdicts = re.findall(r"(\d+) workers? (?:are|is) (measurably faster than|measurably slower "
-                          r"than|no measurable change from) (\d+) workers?", text)  # fmt: skip
+    verdict_words = "measurably faster than|measurably slower than|no measurable change from"
+    verdicts = re.findall(rf"(\d+) workers? (?:are|show) ({verdict_words}) (\d+) workers?", text)
+    assert verdicts or "More worker processes than cores" not in text
     for a, verdict, b in verdicts:
         ta, tb = best[int(a)], best[int(b)]
         expected = ("measurably faster than" if faster(ta, tb, noise)
@@ -377,7 +379,7 @@ def test_prose_calls_a_gain_within_the_noise_no_measurable_change() -> None:
     text = paragraph(md, "**Which limit applies.**")
     assert "with 4 workers (speedup 1.05), no measurable change from 1 worker" in text
     assert "scaling stops at 1 worker, fewer than the 2 cores" in text
-    assert "16 workers are no measurable change from 2 workers" in text
+    assert "16 workers show no measurable change from 2 workers" in text
     assert "below 15.0% (the largest spread of the repeated runs" in md
 
 
@@ -410,6 +412,25 @@ def test_projections_are_marked_as_projections() -> None:
     assert "Nothing in this table was measured" in cost_part
     assert "![projected time and cost for 1 TB](cost.png)" in cost_part
     assert "projected to saturate at about" in md
+
+
+def test_prose_calls_a_job_cpu_bound_only_when_its_worker_computed_all_along() -> None:
+    r = records(STEADY, STEADY)
+    assert "8.000 s job: the job is CPU-bound." in markdown.render(r)
+    for one in r["speedup"]["cpu"]["runs"]:
+        one["busy_s"] = one["job_s"] * one["workers"] * 0.5
+    md = markdown.render(r)
+    assert "computes for 4.000 s of its 8.000 s job (50% of it): the job is not purely" in md
+    assert "a local-file job is not purely CPU-bound (one worker computes for 50% of its" in md
+    assert "is CPU-bound" not in md
+
+
+def test_the_header_states_how_loaded_the_machine_was() -> None:
+    md = markdown.render(records(STEADY, STEADY))
+    assert (
+        "The machine's load average (1 minute) was 0.5 before the experiments and 3.0 after, "
+        "on 2 cores: a load above the cores means other processes competed for them." in md
+    )
 
 
 def test_recovery_prose_follows_the_sign_of_the_extra_time() -> None:

@@ -64,6 +64,7 @@ def run_experiments(plan: ex.Plan, workdir: Path, out: Path, prices_path: str | 
     from tally.report import plots  # imports matplotlib
 
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     prices = load_prices(prices_path)  # a bad table fails before the long part
     cores = os.cpu_count() or 1
     data_root = workdir / "data"
@@ -118,6 +119,7 @@ def run_experiments(plan: ex.Plan, workdir: Path, out: Path, prices_path: str | 
     }
     results["raw"] = _keep_raw(runs, raw)
     results["meta"]["duration_s"] = time.perf_counter() - started
+    results["meta"]["load_average"] = [load_before, os.getloadavg()[0]]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown.render(results), encoding="utf-8")
     log.info("wrote %s in %.1fs", out / "report.md", results["meta"]["duration_s"])

@@ -349,6 +349,18 @@ def cost_section(r: dict[str, Any]) -> str:
     )
 
 
+def _load_note(meta: dict[str, Any]) -> str:
+    """The machine's 1-minute load average before and after the experiments, if recorded."""
+    if "load_average" not in meta:
+        return ""
+    before, after = meta["load_average"]
+    return (
+        f" The machine's load average (1 minute) was {before:.1f} before the experiments and "
+        f"{after:.1f} after, on {meta['cores']} cores: a load above the cores means other "
+        "processes competed for them."
+    )
+
+
 def render(r: dict[str, Any]) -> str:
     meta = r["meta"]
     head = "\n".join(
@@ -358,7 +370,9 @@ def render(r: dict[str, Any]) -> str:
             f"({meta['cores']} cores), Python {meta['python']}, in "
             f"{fmt.secs(meta['duration_s'])} s. Every figure comes from the coordinator's "
             "`--stats` and `--events` records of real `tally coordinator` and `tally worker` "
-            "processes; all raw figures are in `results.json`, the records in `raw/`.\n",
+            "processes; all raw figures are in `results.json`, the records in `raw/`."
+            + _load_note(meta)
+            + "\n",
             _data_table(r["data"]),
         ]
     )

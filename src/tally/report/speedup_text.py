@@ -10,9 +10,9 @@ from tally.report import fmt
 from tally.report.scaling import change
 
 CHANGE_WORDS = {
-    "faster": "measurably faster than",
-    "slower": "measurably slower than",
-    "none": "no measurable change from",
+    "faster": "are measurably faster than",
+    "slower": "are measurably slower than",
+    "none": "show no measurable change from",
 }
 
 
@@ -121,7 +121,7 @@ def _cpu_paragraph(cpu: dict[str, Any], cores: int) -> str:
         verdict = change(at_cores["job_s"], clast["job_s"], cpu["noise"])
         text += (
             f" More worker processes than cores share the same {cores} cores: "
-            f"{fmt.workers(clast['workers'])} are {CHANGE_WORDS[verdict]} "
+            f"{fmt.workers(clast['workers'])} {CHANGE_WORDS[verdict]} "
             f"{fmt.workers(cores)} (speedup {fmt.ratio(clast['speedup'])} against "
             f"{fmt.ratio(at_cores['speedup'])}, efficiency {fmt.pct(clast['efficiency'])})."
         )
@@ -140,12 +140,13 @@ def _http_paragraph(cpu: dict[str, Any], http: dict[str, Any]) -> str:
     threshold = max(cpu["noise"], http["noise"])
     # seconds per MB, so that a lower rate is a "slower" change
     verdict = change(1 / c1["mb_s"], 1 / h1["mb_s"], threshold)
-    bound = (
-        f", against {fmt.rate(c1['mb_s'])} MB/s on local files: the job is network-bound"
-        if verdict == "slower"
-        else f", {CHANGE_WORDS[verdict]} {fmt.rate(c1['mb_s'])} MB/s on local files: the "
-        "throttle is not what limits it"
-    )
+    bound = {
+        "slower": f", against {fmt.rate(c1['mb_s'])} MB/s on local files: the job is network-bound",
+        "none": f", no measurable change from {fmt.rate(c1['mb_s'])} MB/s on local files: the "
+        "throttle is not what limits it",
+        "faster": f", measurably more than {fmt.rate(c1['mb_s'])} MB/s on local files: the "
+        "throttle is not what limits it",
+    }[verdict]
     text = (
         f"Over HTTP every connection is throttled to {fmt.rate(limit)} MB/s (the server "
         f"measured {fmt.rate(h1['transfer_mb_s'])} MB/s per transfer with one worker). "
@@ -215,11 +216,16 @@ def scaling_answer(r: dict[str, Any]) -> str:
     cpu, http = r["speedup"]["cpu"], r["speedup"]["http"]
     cores = r["meta"]["cores"]
     busy, job = busy_fraction(cpu)
-    bound = "is CPU-bound" if cpu_bound(cpu) else "is not purely CPU-bound"
+    share = f"(one worker computes for {fmt.pct(busy / job)} of its job time)"
+    bound = (
+        f"the CPU: a local-file job is CPU-bound {share}, so it can use at most the cores "
+        f"({cores} here), and more workers only share them"
+        if cpu_bound(cpu)
+        else f"a local-file job is not purely CPU-bound {share}; its computing part can use at "
+        f"most the cores ({cores} here)"
+    )
     return (
-        "**What limits scaling?** On one machine, the CPU: a local-file job "
-        f"{bound} (one worker computes for {fmt.pct(busy / job)} of its job time), so it can "
-        f"use at most the cores ({cores} here), and more workers only share them; measured: "
+        f"**What limits scaling?** On one machine, {bound}; measured: "
         f"{stop_clause(cpu)}{_cores_relation(cpu, cores)}. With remote data the bandwidth of "
         "each connection (or machine) limits each worker instead, and adding workers adds "
         "bandwidth until the CPU or the network interface of the machine is saturated; "
