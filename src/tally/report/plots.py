@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from tally.report.cluster import JobRun
 from tally.report.timeline import attempts
@@ -66,9 +67,13 @@ def speedup(results: dict[str, Any], cores: int, path: Path) -> str:
         _log2_axis(ax, workers)
         ax.axvline(cores, color="gray", ls=":", lw=1)
     ax_t.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax_t.yaxis.set_major_formatter(plain)
+    ax_t.yaxis.set_minor_formatter(plain)
     ax_t.set_ylabel("job time (s, log scale)")
     ax_t.set_title("time (bars: fastest to slowest run)")
     ax_s.set_yscale("log", base=2)
+    ax_s.yaxis.set_major_formatter(plain)
     ax_s.set_ylabel("speedup over the fastest 1-worker run")
     ax_s.set_title(f"speedup (bars: every run; dotted: {cores} cores)")
     ax_e.set_ylabel("efficiency (%)")
