@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
 DEMO_DIR ?= .cache/demo
 
 .PHONY: install demo test check bench clean
@@ -11,13 +12,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# the full install (tests, checks, `tally report`) includes the base one (what a worker needs)
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,report]'
+	touch $(STAMP) $(BASE_STAMP)
+
+$(BASE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(BASE_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(BIN)/tally gen $(DEMO_DIR) --partitions 16 --partition-size 4MiB --seed 1
 	time $(BIN)/tally run $(DEMO_DIR)/filelist.csv --workers 4 --top 25
 
@@ -30,7 +36,7 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,peers]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,report,peers]'
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/overhead.py
 

@@ -5,6 +5,9 @@ data and write DIR/report.md, the PNG plots, DIR/results.json (every raw figure)
 Experiments: speedup on local files and over a throttled local HTTP server, load
 distribution with equal and with one slowed worker, failure recovery (SIGKILL and SIGSTOP),
 per-task overhead; then the cost model and the answers.
+
+The plots need matplotlib, which only the ``report`` extra installs (a worker does not need it):
+without it ``tally report`` stops before any experiment with a one-line error.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import json
 import logging
 import os
@@ -22,14 +26,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tally.errors import ConfigError
 from tally.report import experiments as ex
-from tally.report import markdown, plots
+from tally.report import markdown
 from tally.report.cost import cost_section, load_prices
 from tally.report.recovery import failure_recovery
 
 log = logging.getLogger("tally.report")
 EXIT_OK = 0
 RAW = ("stats.json", "events.jsonl", "coordinator.log")
+INSTALL_REPORT = "pip install 'tally[report]'"
+
+
+def require_matplotlib() -> None:
+    """Raise ConfigError (exit 2, one line) if matplotlib cannot be imported."""
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError as exc:
+        raise ConfigError(
+            f"the report's plots need matplotlib, which is not installed: {INSTALL_REPORT}"
+        ) from exc
 
 
 def _keep_raw(workdir: Path, raw: Path, patterns: tuple[str, ...] = RAW) -> list[str]:
@@ -45,7 +61,10 @@ def _keep_raw(workdir: Path, raw: Path, patterns: tuple[str, ...] = RAW) -> list
 
 
 def run_experiments(plan: ex.Plan, workdir: Path, out: Path, prices_path: str | None) -> int:
+    from tally.report import plots  # imports matplotlib
+
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     prices = load_prices(prices_path)  # a bad table fails before the long part
     cores = os.cpu_count() or 1
     data_root = workdir / "data"
@@ -100,6 +119,7 @@ def run_experiments(plan: ex.Plan, workdir: Path, out: Path, prices_path: str | 
     }
     results["raw"] = _keep_raw(runs, raw)
     results["meta"]["duration_s"] = time.perf_counter() - started
+    results["meta"]["load_average"] = [load_before, os.getloadavg()[0]]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown.render(results), encoding="utf-8")
     log.info("wrote %s in %.1fs", out / "report.md", results["meta"]["duration_s"])
@@ -108,6 +128,7 @@ def run_experiments(plan: ex.Plan, workdir: Path, out: Path, prices_path: str | 
 
 def run_report(args: argparse.Namespace) -> int:
     """The ``tally report`` command."""
+    require_matplotlib()
     plan = ex.QUICK if args.quick else ex.FULL
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="tally-report-") as tmp:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tally.errors import ConfigError
+from tally.report.scaling import best_row
 
 TB = 10**12
 GB = 10**9
@@ -235,8 +236,7 @@ def project(
 
 
 def _best(section: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = max(section["rows"], key=lambda r: r["mb_s"])
-    return row
+    return best_row(section["rows"])
 
 
 def _busy_s(section: dict[str, Any], workers: int) -> float:

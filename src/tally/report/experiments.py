@@ -7,7 +7,6 @@ JSON-ready dict built from their ``--stats`` and ``--events`` records.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any
 from tally import protocol as p
 from tally.queries import from_ipc, merger_for, to_ipc
 from tally.report.cluster import ExperimentError, JobRun, run_job
+from tally.report.scaling import summarize
 from tally.report.throttled_http import ThrottledServer
 from tally.report.timeline import committed_per_worker
 
@@ -32,7 +32,7 @@ class Plan:
     """Sizes and knobs of one report; ``QUICK`` fits in about a minute on 2 cores."""
 
     mode: str
-    repeats: int  # runs per worker count, local files (the fastest is reported)
+    repeats: int  # runs per worker count, local files (min/median/max are reported)
     http_repeats: int  # runs per worker count over HTTP
     cpu_partitions: int
     cpu_size: str
@@ -132,53 +132,7 @@ def empty_dataset(root: Path, count: int) -> Dataset:
     return Dataset(f"empty-{count}", filelist, paths)
 
 
-# --- analysis (pure) -------------------------------------------------------------------------
-
-
-def speedup_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per worker count: the fastest run's job time (other processes on the machine only
-    ever slow a run down), speedup over one worker, efficiency, MB/s, and whether every run
-    read all the data and printed the expected result.
-
-    The runs must include one-worker runs: speedup is relative to their best time."""
-    counts = sorted({r["workers"] for r in runs})
-    best = {n: min(r["job_s"] for r in runs if r["workers"] == n) for n in counts}
-    if counts[0] != 1:
-        raise ValueError("speedup needs one-worker runs")
-    base = best[1]
-    rows = []
-    for n in counts:
-        chosen = [r for r in runs if r["workers"] == n]
-        speedup = base / best[n]
-        rows.append(
-            {
-                "workers": n,
-                "job_s": best[n],
-                "speedup": speedup,
-                "efficiency": speedup / n,
-                "mb_s": chosen[0]["data_bytes"] / best[n] / 1e6,
-                "runs": len(chosen),
-                "ready_s": statistics.median(r["ready_s"] for r in chosen),
-                "checked": all(r["bytes_ok"] and r["result_ok"] for r in chosen),
-            }
-        )
-        if "server" in chosen[0]:
-            rows[-1]["max_connections"] = max(
-                r["server"]["max_concurrent_connections"] for r in chosen
-            )
-            rows[-1]["transfer_mb_s"] = statistics.median(
-                r["server"]["mean_transfer_mb_s"] for r in chosen
-            )
-    return rows
-
-
-def scaling_stop(rows: list[dict[str, Any]], gain: float = 1.15) -> int | None:
-    """The worker count after which doubling the workers gains less than ``gain`` (15%) more
-    speedup; None if the speedup keeps growing up to the last count."""
-    for row, nxt in itertools.pairwise(rows):
-        if nxt["speedup"] < gain * row["speedup"]:
-            return int(row["workers"])
-    return None
+# --- records ---------------------------------------------------------------------------------
 
 
 def run_record(
@@ -244,13 +198,9 @@ def speedup(
                     "as expected" if record["result_ok"] else "DIFFERS from the local-file run",
                 )  # fmt: skip
             runs.append(record)
-    rows = speedup_rows(runs)
     return {
         "data": data.describe(plan.cpu_size if label == "cpu" else plan.http_size),
-        "runs": runs,
-        "rows": rows,
-        "scaling_stops_at": scaling_stop(rows),
-        "all_checked": all(r["checked"] for r in rows),
+        **summarize(runs),
     }
 
 

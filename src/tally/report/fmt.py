@@ -23,6 +23,11 @@ def pct(x: float | None) -> str:
     return NA if x is None else f"{x * 100:.0f}%"
 
 
+def pct1(x: float | None) -> str:
+    """A fraction as a percentage with 1 decimal (spreads and thresholds)."""
+    return NA if x is None else f"{x * 100:.1f}%"
+
+
 def mb(nbytes: float | None) -> str:
     """Bytes as decimal megabytes, 1 decimal."""
     return NA if nbytes is None else f"{nbytes / 1e6:.1f}"

@@ -5,7 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from tally.report import fmt
-from tally.report.answers import answers, speedup_text
+from tally.report.answers import answers
+from tally.report.speedup_text import speedup_text
+
+SPEEDUP_HEADERS = [
+    "workers",
+    "runs",
+    "job time min (s)",
+    "median (s)",
+    "max (s)",
+    "spread",
+    "speedup",
+    "speedup of the slowest run",
+    "efficiency",
+    "MB/s",
+    "start-up (s)",
+]
 
 
 def _speedup_table(section: dict[str, Any]) -> str:
@@ -14,8 +29,13 @@ def _speedup_table(section: dict[str, Any]) -> str:
     for r in section["rows"]:
         row = [
             fmt.count(r["workers"]),
-            fmt.secs(r["job_s"]),
+            fmt.count(r["runs"]),
+            fmt.secs(r["job_s_min"]),
+            fmt.secs(r["job_s_median"]),
+            fmt.secs(r["job_s_max"]),
+            fmt.pct1(r["spread"]),
             fmt.ratio(r["speedup"]),
+            fmt.ratio(r["speedup_min"]),
             fmt.pct(r["efficiency"]),
             fmt.rate(r["mb_s"]),
             fmt.secs(r["ready_s"]),
@@ -23,7 +43,7 @@ def _speedup_table(section: dict[str, Any]) -> str:
         if http:
             row += [fmt.count(r["max_connections"]), fmt.rate(r["transfer_mb_s"])]
         rows.append([*row, fmt.yes(r["checked"])])
-    headers = ["workers", "job time (s)", "speedup", "efficiency", "MB/s", "start-up (s)"]
+    headers = list(SPEEDUP_HEADERS)
     if http:
         headers += ["connections (max)", "MB/s per transfer"]
     return fmt.table([*headers, "checked"], rows)
@@ -43,18 +63,22 @@ def speedup_section(r: dict[str, Any]) -> str:
         [
             "## 1. Speedup\n",
             "Job time is from the moment every worker had joined (`ready_s`) to the end of the "
-            "job (`wall_s`); the fastest of the runs per worker count is shown (other "
-            "processes on the machine can only slow a run down; every run is in results.json); "
-            "start-up is `ready_s`. *Checked*: every run read every byte of the data set "
-            "(`bytes` in `--stats`) and printed the same top 25 as a run over the local "
-            "files.\n",
-            "### Speedup: local files (CPU-bound)\n",
+            "job (`wall_s`); each worker count runs several times (*runs*), and the tables show "
+            "the fastest, median and slowest job time and their *spread*, (max - min) / min "
+            "(every run is in results.json). Speedup, efficiency and MB/s use the fastest run "
+            "(other processes on the machine can only slow a run down): speedup is the fastest "
+            "one-worker run's time over the fastest run's; *speedup of the slowest run* puts "
+            "the slowest run in its place. Start-up is the median `ready_s`. *Checked*: every "
+            "run read every byte of the data set (`bytes` in `--stats`) and printed the same "
+            "top 25 as a run over the local files.\n",
+            "### Speedup: local files\n",
             _speedup_table(cpu),
             f"### Speedup: HTTP, {fmt.rate(http['rate_mb_s_per_connection'])} MB/s "
             "per connection\n",
             _speedup_table(http),
             speedup_text(r),
-            "![speedup, time and efficiency](speedup.png)\n",
+            "![speedup, time and efficiency; bars from the slowest to the fastest run]"
+            "(speedup.png)\n",
         ]
     )
 
@@ -259,6 +283,7 @@ def cost_section(r: dict[str, Any]) -> str:
         for p in c["projection"]
     ]  # fmt: skip
     bottleneck = c["bottleneck_machines"]
+    tb = f"{plan['data_tb']:g} TB"
     return "\n".join(
         [
             "## 5. Cost\n",
@@ -274,30 +299,34 @@ def cost_section(r: dict[str, Any]) -> str:
                     "job time (s)",
                     "MB/s",
                     "VM cost of the job",
-                    "VM per TB",
+                    "projected VM cost per TB",
                     "worker busy (s)",
-                    "serverless per TB",
+                    "projected serverless cost per TB",
                 ],
                 jobs,
             ),
             "The best run of each speedup experiment, on one VM at the measured rate, billed "
-            "per second without the minimum. Serverless per TB bills the workers' measured busy "
-            "seconds (waiting on the network included) and one request per partition.\n",
+            "per second without the minimum. The per-TB figures are projections, not "
+            "measurements: the measured rate (VM) or the workers' measured busy seconds "
+            "(serverless, waiting on the network included, one request per partition) scaled "
+            "to a terabyte.\n",
             f"### Projection: {plan['data_tb']:g} TB of logs\n",
+            "Nothing in this table was measured: it applies the model below to the measured "
+            "rates of this machine.\n",
             fmt.table(
                 [
                     "data on",
                     "machines",
                     "bound by",
-                    "MB/s",
-                    "time (s)",
-                    "VM cost",
-                    "GET requests",
-                    "total",
+                    "projected MB/s",
+                    f"projected time for {tb} (s)",
+                    "projected VM cost",
+                    "projected GET requests cost",
+                    "projected cost",
                 ],
                 proj,
             ),
-            "Assumptions:\n",
+            "Assumptions of the projection:\n",
             f"- One machine = one VM of {vm['vcpus']} vCPUs running {vm['vcpus']} workers at "
             f"the measured best CPU-bound rate of this {c['measured_cores']}-core machine, "
             f"{fmt.rate(c['machine_mb_s'])} MB/s.",
@@ -307,15 +336,28 @@ def cost_section(r: dict[str, Any]) -> str:
             f"MiB; the coordinator commits at most {fmt.rate(c['coordinator_tasks_per_s'])} "
             "tasks/s (section 4), so the cluster rate is capped at that times the partition "
             f"size, {fmt.rate(c['coordinator_tasks_per_s'] * c['partition_bytes'] / 1e6)} MB/s; "
-            f"machines reach that cap at about {fmt.rate(bottleneck['local disk'])} of them "
+            "by this projection machines reach that cap at about "
+            f"{fmt.rate(bottleneck['local disk'])} of them "
             f"with data on local disk and {fmt.rate(bottleneck['object storage'])} with data "
             "in object storage.",
             f"- Start-up {fmt.secs(c['startup_s'])} s (measured `ready_s` with "
             f"{vm['vcpus']} workers) is added; machines start in parallel.",
             f"- VMs are billed per second with a {vm['billing_minimum_s']:g} s minimum; storing "
             f"the data costs {fmt.usd(c['storage_usd_per_month'])} per month on top.\n",
-            "![time and cost of the projection](cost.png)\n",
+            f"![projected time and cost for {tb}](cost.png)\n",
         ]
+    )
+
+
+def _load_note(meta: dict[str, Any]) -> str:
+    """The machine's 1-minute load average before and after the experiments, if recorded."""
+    if "load_average" not in meta:
+        return ""
+    before, after = meta["load_average"]
+    return (
+        f" The machine's load average (1 minute) was {before:.1f} before the experiments and "
+        f"{after:.1f} after, on {meta['cores']} cores: a load above the cores means other "
+        "processes competed for them."
     )
 
 
@@ -328,7 +370,9 @@ def render(r: dict[str, Any]) -> str:
             f"({meta['cores']} cores), Python {meta['python']}, in "
             f"{fmt.secs(meta['duration_s'])} s. Every figure comes from the coordinator's "
             "`--stats` and `--events` records of real `tally coordinator` and `tally worker` "
-            "processes; all raw figures are in `results.json`, the records in `raw/`.\n",
+            "processes; all raw figures are in `results.json`, the records in `raw/`."
+            + _load_note(meta)
+            + "\n",
             _data_table(r["data"]),
         ]
     )

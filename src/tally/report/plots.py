@@ -1,4 +1,7 @@
-"""The report's figures (matplotlib, Agg backend), each drawn from the measured records."""
+"""The report's figures (matplotlib, Agg backend), each drawn from the measured records.
+
+matplotlib comes with the ``report`` extra (``pip install 'tally[report]'``); only this module
+imports it, and ``tally report`` checks for it before it starts (:func:`require_matplotlib`)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from tally.report.cluster import JobRun
 from tally.report.timeline import attempts
@@ -21,7 +25,7 @@ from tally.report.timeline import attempts
 DPI = 110
 COLORS = {"cpu": "tab:blue", "http": "tab:orange"}
 OUTCOME = {"committed": "tab:green", "dropped": "tab:orange", "cancelled": "tab:gray"}
-LABELS = {"cpu": "local files (CPU-bound)", "http": "HTTP, throttled per connection"}
+LABELS = {"cpu": "local files", "http": "HTTP, throttled per connection"}
 
 
 def _save(fig: Figure, path: Path) -> str:
@@ -39,25 +43,39 @@ def _log2_axis(ax: Axes, workers: list[int]) -> None:
 
 
 def speedup(results: dict[str, Any], cores: int, path: Path) -> str:
+    """Time, speedup and efficiency per worker count; the markers are the fastest run (the
+    figures of the tables), the bars reach the slowest run of the same count."""
     fig, (ax_t, ax_s, ax_e) = plt.subplots(1, 3, figsize=(13, 4))
     workers: list[int] = []
     for key in ("cpu", "http"):
         rows = results[key]["rows"]
         workers = [r["workers"] for r in rows]
-        style = {"color": COLORS[key], "marker": "o", "label": LABELS[key]}
-        ax_t.plot(workers, [r["job_s"] for r in rows], **style)
-        ax_s.plot(workers, [r["speedup"] for r in rows], **style)
-        ax_e.plot(workers, [r["efficiency"] * 100 for r in rows], **style)
+        style = {"color": COLORS[key], "marker": "o", "label": LABELS[key], "capsize": 3}
+        fastest = [r["job_s_min"] for r in rows]
+        ax_t.errorbar(workers, fastest,
+                      yerr=[[0.0] * len(rows), [r["job_s_max"] - r["job_s_min"] for r in rows]],
+                      **style)  # fmt: skip
+        ax_s.errorbar(workers, [r["speedup"] for r in rows],
+                      yerr=[[r["speedup"] - r["speedup_min"] for r in rows], [0.0] * len(rows)],
+                      **style)  # fmt: skip
+        ax_e.errorbar(workers, [r["efficiency"] * 100 for r in rows],
+                      yerr=[[(r["speedup"] - r["speedup_min"]) / r["workers"] * 100
+                             for r in rows], [0.0] * len(rows)],
+                      **style)  # fmt: skip
     ax_s.plot(workers, workers, "k--", lw=1, label="ideal")
     for ax in (ax_t, ax_s, ax_e):
         _log2_axis(ax, workers)
         ax.axvline(cores, color="gray", ls=":", lw=1)
     ax_t.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax_t.yaxis.set_major_formatter(plain)
+    ax_t.yaxis.set_minor_formatter(plain)
     ax_t.set_ylabel("job time (s, log scale)")
-    ax_t.set_title("time")
+    ax_t.set_title("time (bars: fastest to slowest run)")
     ax_s.set_yscale("log", base=2)
-    ax_s.set_ylabel("speedup over 1 worker")
-    ax_s.set_title(f"speedup (dotted: {cores} cores)")
+    ax_s.yaxis.set_major_formatter(plain)
+    ax_s.set_ylabel("speedup over the fastest 1-worker run")
+    ax_s.set_title(f"speedup (bars: every run; dotted: {cores} cores)")
     ax_e.set_ylabel("efficiency (%)")
     ax_e.set_ylim(0, 110)
     ax_e.set_title("efficiency = speedup / workers")
@@ -154,11 +172,15 @@ def cost(projection: list[dict[str, Any]], data_tb: float, path: Path) -> str:
         xs = [j + (i - 0.5) * width for j in range(len(machines))]
         ax_t.bar(xs, [rows[m]["time_s"] for m in machines], width, label=f"data on {storage}")
         ax_c.bar(xs, [rows[m]["total_usd"] for m in machines], width, label=f"data on {storage}")
-    titles = (f"time for {data_tb:g} TB (s, log scale)", f"cost for {data_tb:g} TB (USD)")
+    titles = (
+        f"projected time for {data_tb:g} TB (s, log scale)",
+        f"projected cost for {data_tb:g} TB (USD)",
+    )
     for ax, title in zip((ax_t, ax_c), titles, strict=True):
         ax.set_xticks(range(len(machines)), [f"{m} machine(s)" for m in machines])
         ax.set_title(title)
         ax.grid(True, axis="y", alpha=0.3)
     ax_t.set_yscale("log")
     ax_t.legend(fontsize=8)
+    fig.suptitle("A projection from the measured rates: no bar here was measured", fontsize=10)
     return _save(fig, path)
