@@ -72,8 +72,10 @@ def test_record_limit(chunk_size: int) -> None:
     too_long = b"1\thttp://a.ru/xxx"  # 17 bytes
     data = ok + b"\n" + too_long + b"\n" + too_long + b"\r\n" + ok
     assert run(data, record_limit=limit, chunk_size=chunk_size) == ({b"a.ru": 2}, 4, 2)
-    # the limit counts the \r too: 16 bytes plus \r is over
-    assert run(ok + b"\r\n", record_limit=limit, chunk_size=chunk_size) == ({}, 1, 1)
+    # the \r of a \r\n ending is not part of the line: 16 bytes plus \r\n is at the limit
+    assert run(ok + b"\r\n", record_limit=limit, chunk_size=chunk_size) == ({b"a.ru": 1}, 1, 0)
+    assert run(ok + b"\r", record_limit=limit, chunk_size=chunk_size) == ({b"a.ru": 1}, 1, 0)
+    assert run(ok + b"x\r\n", record_limit=limit, chunk_size=chunk_size) == ({}, 1, 1)
     assert run(too_long, record_limit=limit, chunk_size=chunk_size) == ({}, 1, 1)
 
 

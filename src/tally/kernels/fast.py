@@ -122,8 +122,8 @@ class _Piece:
         tab = np.concatenate(([0], newline[:-1] + 1))  # ... of its first tab, or its end if none
         ends = special[newline]
         starts = np.concatenate(([begin], ends[:-1] + 1))
-        too_long = ends - starts > record_limit
         stop = ends - ((buf[ends - 1] == 13) & (ends > starts))
+        too_long = stop - starts > record_limit  # a \r\n ending is not part of the line
         blank = (stop == starts) & ~too_long
 
         # The URL: from the first tab to the next tab or the end of the line (a line without
@@ -392,7 +392,7 @@ def _pieces(
             yield buffer, begin, last
             begin = last
         kept = end - begin
-        if kept > record_limit:
+        if kept > record_limit + 1:  # + 1: a \r that may be the line's ending
             kept, skipping = 0, True
         elif begin:
             buffer[:kept] = buffer[begin:end]  # a copy first: the two ranges may overlap

@@ -24,7 +24,8 @@ def iter_lines(
 ) -> Iterator[bytes | None]:
     """Yield each line without its ``\\n`` (``None`` for a line longer than ``record_limit``).
 
-    A last line without ``\\n`` is a line. Line length excludes the ``\\n``.
+    A last line without ``\\n`` is a line. Line length excludes the line ending (``\\n`` or
+    ``\\r\\n``), so at most ``record_limit + 1`` bytes of a line are ever held.
     """
     carry = bytearray()  # the start of a line that continues in the next chunk
     skipping = False  # inside a line already known to be too long
@@ -37,7 +38,7 @@ def iter_lines(
             nl = chunk.find(b"\n", start)
             if nl < 0:
                 if not skipping:
-                    if len(carry) + len(chunk) - start > record_limit:
+                    if len(carry) + len(chunk) - start > record_limit + 1:  # + a \r
                         carry.clear()  # too long already: never buffer more than the limit
                         skipping = True
                     else:
@@ -49,12 +50,17 @@ def iter_lines(
             else:
                 line = bytes(carry + chunk[start:nl]) if carry else chunk[start:nl]
                 carry.clear()
-                yield TOO_LONG if len(line) > record_limit else line
+                yield TOO_LONG if _too_long(line, record_limit) else line
             start = nl + 1
     if skipping:
         yield TOO_LONG
     elif carry:
-        yield bytes(carry)
+        yield TOO_LONG if _too_long(carry, record_limit) else bytes(carry)
+
+
+def _too_long(line: bytes | bytearray, record_limit: int) -> bool:
+    """Over the limit, not counting a ``\\r`` that ends it (part of its line ending)."""
+    return len(line) - line.endswith(b"\r") > record_limit
 
 
 def domain_of(line: bytes) -> bytes | None:
