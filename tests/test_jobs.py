@@ -423,3 +423,25 @@ def test_attempt_ids_are_reserved_in_blocks_before_they_are_issued() -> None:
     restarted.handle(e.WorkerJoined(1, 1, 0.0))
     restarted.handle(e.JobSubmitted("j", 1, 0.0))
     assert set(restarted.attempts) == {7 + 4096}
+
+
+def test_an_attempt_past_the_task_time_limit_fails_and_is_retried_elsewhere() -> None:
+    sch = one_job(1, JobConfig(task_timeout_s=2.0, max_attempts=2, speculate=False))
+    sch.handle(e.WorkerJoined(1, 1, 0.0))
+    sch.handle(e.WorkerJoined(2, 1, 0.0))
+    first = sch.attempts[1]
+    actions: list[e.Action] = []
+    now = 0.0
+    while not actions:
+        now += 0.1
+        for w in (1, 2):
+            sch.handle(e.HeartbeatSeen(w, now))
+        actions = sch.handle(e.Tick(now))
+    assert 2.0 < now < 2.2
+    assert of(actions, e.Cancel) == [e.Cancel(first.worker, 1)]
+    (retry,) = of(actions, e.Assign)
+    assert retry.task == 0 and retry.worker != first.worker
+    failed = [r for r in sch.timeline if r["event"] == "failed"]
+    assert [(r["attempt"], r["error"]) for r in failed] == [
+        (1, "no result within 2s (--task-timeout)")
+    ]

@@ -114,6 +114,13 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         help="never start backup attempts for slow partitions",
     )
     parser.add_argument(
+        "--task-timeout",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="an attempt without a result after S seconds fails and is retried (default: none)",
+    )
+    parser.add_argument(
         "--split-size",
         type=_size,
         default=64 << 20,
@@ -275,6 +282,7 @@ def job_spec(args: argparse.Namespace, urls: list[str]) -> JobSpec:
             skip_failed=args.skip_failed,
             min_workers=args.min_workers or getattr(args, "workers", 1),
             speculate=not args.no_speculation,
+            task_timeout_s=args.task_timeout,
         ),
     )
 

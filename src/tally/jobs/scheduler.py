@@ -84,6 +84,7 @@ class Scheduler:
             case WorkerLeft():
                 self._remove(event.worker, event.now, None, actions, set(event.returned))
             case Tick():
+                self._time_out(event.now, actions)
                 for member, silent in self.pool.expired(event.now):
                     lease = self.pool.lease_timeout_s
                     reason = f"silent for {silent:.1f}s (lease {lease:g}s)"
@@ -168,6 +169,18 @@ class Scheduler:
         self._forget(attempt)
         rivals = job.fail(attempt, event.now, event.error, event.retryable)
         self._cancel_attempts(rivals, actions)
+
+    def _time_out(self, now: float, actions: list[Action]) -> None:
+        """Attempts past their job's task time limit fail, and their workers drop them."""
+        for job in list(self.active.values()):
+            for attempt in job.overdue(now):
+                self._forget(attempt)
+                if self.pool.is_live(attempt.worker):
+                    actions.append(Cancel(attempt.worker, attempt.id))
+                limit = job.config.task_timeout_s
+                error = f"no result within {limit:g}s (--task-timeout)"
+                rivals = job.fail(attempt, now, error, retryable=True)
+                self._cancel_attempts(rivals, actions)
 
     def _refuse(self, worker: int, now: float, why: str, actions: list[Action]) -> None:
         reason = f"refused: {why}"

@@ -42,6 +42,7 @@ class JobConfig:
     speculate: bool = True  # give slow attempts a backup on idle workers
     backup_min_s: float = 0.2  # never back up an attempt younger than this
     backup_factor: float = 1.5  # ... or younger than this times the median attempt time
+    task_timeout_s: float | None = None  # an attempt running longer fails (retryable)
 
 
 @dataclass
@@ -244,6 +245,13 @@ class JobTasks:
         self._settle(attempt)
         self.tasks[attempt.task].charged -= 1
         self._requeue(attempt.task, now)
+
+    def overdue(self, now: float) -> list[Attempt]:
+        """Live attempts past the task time limit."""
+        limit = self.config.task_timeout_s
+        if limit is None:
+            return []
+        return [a for a in self.live.values() if now - a.assigned_at > limit]
 
     def worker_lost(self) -> None:
         if self.finished is None:
