@@ -10,7 +10,9 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -290,6 +292,32 @@ def test_every_worker_of_a_failed_job_is_told_and_exits_zero(procs: Procs, tmp_p
 
 
 # --- SIGTERM and a silent coordinator --------------------------------------------------------
+
+LAUNCHERS = {  # `python -m tally` and what the `tally` script runs
+    "python-m": [sys.executable, "-m", "tally"],
+    "script": [sys.executable, "-c", "import sys; from tally.cli import main; sys.exit(main())"],
+}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_sigterm_while_the_worker_starts_exits_zero(tmp_path: Path, launcher: str) -> None:
+    args = ["worker", "127.0.0.1", str(free_port()), "--connect-timeout", "60"]
+    with (tmp_path / "stderr").open("wb") as err:
+        worker = subprocess.Popen([*LAUNCHERS[launcher], *args], stderr=err)
+    try:
+        # NumPy loads with the worker's modules, before its event loop runs
+        maps = Path(f"/proc/{worker.pid}/maps")
+        deadline = time.monotonic() + 30
+        while "_multiarray_umath" not in maps.read_text():
+            assert time.monotonic() < deadline, "the worker never loaded NumPy"
+            time.sleep(0.001)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
 
 
 def test_a_coordinator_silent_for_longer_than_the_lease_is_waited_for(procs: Procs) -> None:

@@ -16,10 +16,12 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 
 from tally import protocol as p
 from tally.errors import PartitionError, ProtocolError, TallyError
@@ -83,7 +85,9 @@ class Worker:
     async def run(self) -> int:
         """Work until the job ends (0), SIGTERM (0), or the coordinator cannot be joined (1)."""
         loop = self._loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._leave)
+        # signal.signal, not loop.add_signal_handler: asyncio resets that to the default
+        # action when the loop closes, and SIGTERM must never kill a worker
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self.kernel = load_kernel(self.config.kernel)  # before joining: joined means ready
             computing = threading.Thread(
@@ -95,6 +99,8 @@ class Worker:
             self.done.set()
             self._drain_queue()
             self.queue.put(None)
+            if previous is not None:  # else it was not set from Python: leave this one
+                signal.signal(signal.SIGTERM, previous)
         return self.exit_code
 
     async def _sessions(self) -> None:
@@ -288,6 +294,16 @@ class Worker:
         extra = self.config.task_delay_s + (self.config.slowdown - 1.0) * elapsed
         if extra > 0:
             time.sleep(extra)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM, run by Python in the main thread between two bytecodes: leave from the
+        event loop. A worker already on its way out (a second SIGTERM, or one after the loop
+        ended) exits at once with the status it has."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self.done.is_set():
+            sys.stderr.flush()
+            os._exit(self.exit_code)
+        loop.call_soon_threadsafe(self._leave)
 
     def _leave(self) -> None:
         """SIGTERM: hand back every unfinished attempt and stop."""
