@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -391,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _work(args: argparse.Namespace) -> int:
+    # nothing is held before joining: SIGTERM while importing is a clean exit (``tally worker``;
+    # ``python -m tally worker`` sets this earlier); the worker's own handler takes over later
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
     from tally.worker import Worker, WorkerConfig
 
     config = WorkerConfig(

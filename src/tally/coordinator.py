@@ -75,6 +75,7 @@ class Coordinator:
         self.refused = 0
         self._next_worker = 1
         self._closing = False
+        self._closed_because = ""
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -124,15 +125,17 @@ class Coordinator:
         finally:
             progress.cancel()
             display.close()
-            await self.close()
+            failed = run.finish is None or run.finish.error is not None
+            await self.close("job failed" if failed else "job complete")
 
-    async def close(self) -> None:
-        """Tell every worker to leave and stop listening."""
+    async def close(self, reason: str = "coordinator stopping") -> None:
+        """Tell every worker to leave (saying ``reason``) and stop listening."""
         self._closing = True
+        self._closed_because = reason
         if self._ticker is not None:
             self._ticker.cancel()
         for conn in list(self.conns.values()):
-            conn.send(p.Shutdown("coordinator stopping" if self.config.serving else "job over"))
+            conn.send(p.Shutdown(reason))
         await asyncio.gather(*(c.close() for c in self.conns.values()), return_exceptions=True)
         if self._server is not None:
             self._server.close()
@@ -187,7 +190,7 @@ class Coordinator:
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
         if self._closing:
-            conn.send(p.Shutdown("job over"))
+            conn.send(p.Shutdown(self._closed_because))
             await conn.close()
             return
         try:
@@ -199,7 +202,7 @@ class Coordinator:
             return
         worker = welcome.worker_id
         if self._closing:  # the coordinator began closing during the handshake
-            conn.send(p.Shutdown("job over"))
+            conn.send(p.Shutdown(self._closed_because))
             await conn.close()
             return
         self.conns[worker] = conn

@@ -3,7 +3,8 @@
 The event loop thread does all the I/O, heartbeats included; partitions are computed on a
 separate thread, so a long computation never silences the heartbeat. If the connection
 drops mid-job, the worker reconnects (with backoff) and first delivers the results it could
-not send: the coordinator commits them if still wanted and drops them otherwise.
+not send: the coordinator commits them if still wanted and drops them otherwise. How long it
+tries, what it says, and when it exits are in docs/protocol.md, "Connection life".
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from types import FrameType
 
 from tally import protocol as p
-from tally.errors import PartitionError, ProtocolError
-from tally.net import Connection, connect_with_backoff, offer_handshake
+from tally.errors import PartitionError, ProtocolError, TallyError
+from tally.net import Connection, Gone, Joined, join
 from tally.prefetch import Prefetcher
 from tally.queries import kind_of, to_ipc
 from tally.queries.domains import load_kernel
@@ -60,46 +63,71 @@ class Worker:
         self.tasks_done = 0
         self.last_beat = 0.0  # event-loop time of the last heartbeat sent
         self._session_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._leave)
-        load_kernel(self.config.kernel)  # before joining: a joined worker is ready
-        computing = threading.Thread(
-            target=self._compute_loop, args=(loop,), name="tally-compute", daemon=True
-        )
-        computing.start()
+        """Work until the job ends (0), SIGTERM (0), or the coordinator cannot be joined (1)."""
+        loop = self._loop = asyncio.get_running_loop()
+        # signal.signal, not loop.add_signal_handler: asyncio resets that to the default
+        # action when the loop closes, and SIGTERM must never kill a worker
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
-            while not self.done.is_set():
-                self._session_task = asyncio.create_task(self._session())
-                try:
-                    await self._session_task
-                except asyncio.CancelledError:  # SIGTERM while connecting or joining
-                    break
-                except (ProtocolError, ConnectionRefusedError) as exc:  # AuthError included
-                    if not self.done.is_set():
-                        log.error("%s", exc)
-                        self.exit_code = 1
-                    break
-                except (EOFError, ConnectionError, OSError, TimeoutError) as exc:
-                    if self.done.is_set():
-                        break
-                    log.warning("connection to coordinator lost (%s); reconnecting", exc)
-                    self.conn = None
+            load_kernel(self.config.kernel)  # before joining: joined means ready
+            computing = threading.Thread(
+                target=self._compute_loop, args=(loop,), name="tally-compute", daemon=True
+            )
+            computing.start()
+            await self._sessions()
         finally:
+            self.done.set()
             self._drain_queue()
             self.queue.put(None)
+            if previous is not None:  # else it was not set from Python: leave this one
+                signal.signal(signal.SIGTERM, previous)
         return self.exit_code
+
+    async def _sessions(self) -> None:
+        while not self.done.is_set():
+            self._session_task = asyncio.create_task(self._session())
+            try:
+                await self._session_task
+            except asyncio.CancelledError:  # SIGTERM while connecting or joining
+                return
+            except TallyError as exc:  # not a coordinator, refused, or not found in time
+                if not self.done.is_set():
+                    log.error("%s", exc.message)
+                    self.exit_code = 1
+                return
+            except (EOFError, OSError) as exc:  # TimeoutError and ConnectionError included
+                if self.done.is_set():
+                    return
+                log.warning(
+                    "connection to coordinator lost (%s); reconnecting for up to %gs",
+                    str(exc) or type(exc).__name__,
+                    self.config.connect_timeout_s,
+                )
+                self.conn = None
 
     async def _session(self) -> None:
         cfg = self.config
-        conn = await connect_with_backoff(cfg.host, cfg.port, cfg.connect_timeout_s)
+        joined = await join(
+            cfg.host,
+            cfg.port,
+            cfg.token,
+            self.name,
+            cfg.slots,
+            timeout_s=cfg.connect_timeout_s,
+            rejoining=self.welcome is not None,
+        )
+        if isinstance(joined, Gone):  # refused for a while after having joined: job over
+            log.warning("%s", joined.reason)
+        elif isinstance(joined, p.Shutdown):  # it answered a new connection: job over
+            log.info("coordinator: %s", joined.reason)
+        if not isinstance(joined, Joined):
+            self.done.set()
+            return
+        conn, welcome = joined.conn, joined.welcome
         try:
-            welcome = await offer_handshake(conn, cfg.token, self.name, cfg.slots)
-            if isinstance(welcome, p.Shutdown):
-                log.info("coordinator: %s", welcome.reason)
-                self.done.set()
-                return
             if self.done.is_set():  # SIGTERM arrived while joining
                 conn.send(p.Leaving([]))
                 return
@@ -250,6 +278,16 @@ class Worker:
         extra = self.config.task_delay_s + (self.config.slowdown - 1.0) * elapsed
         if extra > 0:
             time.sleep(extra)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM, run by Python in the main thread between two bytecodes: leave from the
+        event loop. A worker already on its way out (a second SIGTERM, or one after the loop
+        ended) exits at once with the status it has."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self.done.is_set():
+            sys.stderr.flush()
+            os._exit(self.exit_code)
+        loop.call_soon_threadsafe(self._leave)
 
     def _leave(self) -> None:
         """SIGTERM: hand back every unfinished attempt and stop."""
