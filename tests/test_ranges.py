@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import itertools
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -125,3 +129,55 @@ def test_plan_tasks_cuts_only_large_partitions_and_versions_every_one(tmp_path: 
     ]  # fmt: skip
     st = large.stat()
     assert tasks[1].version == f"{st.st_size}-{st.st_mtime_ns}" and tasks[-1].version == ""
+
+
+class RangedHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with ``Accept-Ranges: bytes`` and answers ``Range: bytes=N-`` with 206."""
+
+    ranged_gets: ClassVar[list[int]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def end_headers(self) -> None:
+        self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
+
+    def do_GET(self) -> None:
+        wanted = self.headers.get("Range", "")
+        if not wanted.startswith("bytes="):
+            super().do_GET()
+            return
+        start = int(wanted.removeprefix("bytes=").split("-")[0])
+        data = Path(self.translate_path(self.path)).read_bytes()
+        RangedHandler.ranged_gets.append(start)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+def test_an_http_partition_runs_as_ranged_gets(tmp_path: Path) -> None:
+    big = tmp_path / "big.tsv"
+    big.write_bytes(SAMPLE.read_bytes() * 20)
+    handler = functools.partial(RangedHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    RangedHandler.ranged_gets.clear()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/big.tsv"
+        (tmp_path / "list.csv").write_text(f"{url}\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "tally", "run", str(tmp_path / "list.csv"), "--workers", "2",
+             "--top", "10", "--split-size", "100KiB", "-q"],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode() == reference_output(big, QuerySpec("top", k=10))
+    starts = [a - 1 for a, _ in cut(big.stat().st_size, 100 << 10)[1:]]
+    assert sorted(RangedHandler.ranged_gets) == starts  # each range from its own offset

@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from tally.errors import PartitionError, TallyError
+from tally.protocol import Task
+from tally.ranges import open_range
 from tally.remote import display
 from tally.storage import is_remote, open_partition
 
@@ -27,28 +29,31 @@ class Prefetcher:
         self._pool: ThreadPoolExecutor | None = None
         self._ready: dict[int, Future[BinaryIO]] = {}
 
-    def start(self, key: int, url: str) -> None:
-        """Begin getting ``url`` ready; :meth:`take` with the same key returns it."""
+    def start(self, key: int, task: Task) -> None:
+        """Begin getting ``task`` ready; :meth:`take` with the same key returns it."""
         if key in self._ready:
             return
         future: Future[BinaryIO]
-        if is_remote(url):
+        if is_remote(task.url):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="tally-prefetch")
-            future = self._pool.submit(self._download, url)
+            future = self._pool.submit(self._download, task)
         else:
             future = Future()
             try:
-                future.set_result(_open_local(url))
+                future.set_result(_open_local(task))
             except PartitionError as exc:
                 future.set_exception(exc)
         self._ready[key] = future
 
-    def take(self, key: int, url: str) -> BinaryIO:
-        """The stream for ``url``: prefetched if :meth:`start` was called, else opened now."""
+    def take(self, key: int, task: Task) -> BinaryIO:
+        """The lines ``task`` owns: prefetched if :meth:`start` was called, else opened now."""
         future = self._ready.pop(key, None)
         if future is None:
-            return _open_local(url) if not is_remote(url) else open_partition(url)
+            if not is_remote(task.url):
+                return _open_local(task)
+            offset = _offset(task)
+            return open_range(open_partition(task.url, offset), task.start, task.end, offset)
         return future.result()
 
     def discard(self, key: int) -> None:
@@ -57,12 +62,15 @@ class Prefetcher:
         if future is not None:
             future.add_done_callback(_close_quietly)
 
-    def _download(self, url: str) -> BinaryIO:
-        stream = open_partition(url)
+    def _download(self, task: Task) -> BinaryIO:
+        url, offset = task.url, _offset(task)
+        stream = open_partition(url, offset)
+        # a range needs its own bytes and a little more to finish its last line
+        limit = self.max_bytes if task.end < 0 else min(self.max_bytes, task.end - offset + 4096)
         data = bytearray()
         try:
-            while len(data) <= self.max_bytes:  # a read may return less than asked: loop
-                piece = stream.read(self.max_bytes + 1 - len(data))
+            while len(data) <= limit:  # a read may return less than asked: loop
+                piece = stream.read(limit + 1 - len(data))
                 if not piece:
                     break
                 data += piece
@@ -72,18 +80,27 @@ class Prefetcher:
         except Exception as exc:
             stream.close()
             raise PartitionError(f"cannot read {display(url)}: {exc}") from exc
-        if len(data) <= self.max_bytes:
+        if len(data) <= limit:
             stream.close()
-            return io.BytesIO(data)
-        return io.BufferedReader(_Prefixed(bytes(data), stream))  # too large: head, then the rest
+            ready: BinaryIO = io.BytesIO(data)
+        else:  # more to come: the head, then the rest
+            ready = io.BufferedReader(_Prefixed(bytes(data), stream))
+        return open_range(ready, task.start, task.end, offset)
 
 
-def _open_local(url: str) -> BinaryIO:
-    stream = open_partition(url)
+def _offset(task: Task) -> int:
+    """Where reading starts: the byte before a range, to tell whether a line starts in it."""
+    return max(task.start - 1, 0)
+
+
+def _open_local(task: Task) -> BinaryIO:
+    offset = _offset(task)
+    stream = open_partition(task.url, offset)
     if hasattr(os, "posix_fadvise"):
+        length = 0 if task.end < 0 else task.end - offset
         with contextlib.suppress(OSError):  # advice only
-            os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
-    return stream
+            os.posix_fadvise(stream.fileno(), offset, length, os.POSIX_FADV_WILLNEED)
+    return open_range(stream, task.start, task.end, offset)
 
 
 def _close_quietly(future: Future[BinaryIO]) -> None:

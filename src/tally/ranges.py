@@ -33,13 +33,18 @@ def cut(size: int, split_size: int) -> list[tuple[int, int]]:
 
 
 class RangeReader(io.RawIOBase):
-    """The lines ``[start, end)`` owns, read from ``stream`` (positioned at 0, or seekable)."""
+    """The lines ``[start, end)`` owns, read from ``stream``, whose first byte is the
+    partition's byte ``base`` (at most ``start - 1``; the stream is read from there, or
+    sought when it can be)."""
 
-    def __init__(self, stream: BinaryIO, start: int, end: int, chunk: int = CHUNK) -> None:
+    def __init__(
+        self, stream: BinaryIO, start: int, end: int, base: int = 0, chunk: int = CHUNK
+    ) -> None:
         self._stream = stream
         self._chunk = chunk
         self._end = end  # the owned lines are those starting before this position
-        self._pos = 0  # the stream position of the next byte of self._buffer
+        self._base = base
+        self._pos = base  # the partition position of the next byte of self._buffer
         self._buffer = b""
         self._done = False
         self.bytes_read = 0
@@ -85,8 +90,10 @@ class RangeReader(io.RawIOBase):
         return data
 
     def _skip_to(self, position: int) -> None:
+        if position == self._pos:
+            return
         try:
-            self._stream.seek(position)
+            self._stream.seek(position - self._base)
             self._pos = position
         except (OSError, io.UnsupportedOperation, AttributeError):
             while self._pos < position:  # not seekable: read and drop
@@ -113,11 +120,12 @@ class RangeReader(io.RawIOBase):
             self._pos += len(data)
 
 
-def open_range(stream: BinaryIO, start: int, end: int) -> BinaryIO:
-    """``stream`` itself for a whole partition, else a buffered reader of the owned lines."""
+def open_range(stream: BinaryIO, start: int, end: int, base: int = 0) -> BinaryIO:
+    """``stream`` itself for a whole partition, else a buffered reader of the lines of
+    ``[start, end)`` (``end`` -1: to the end); ``stream`` begins at byte ``base``."""
     if start == 0 and end < 0:
         return stream
-    return io.BufferedReader(RangeReader(stream, start, end if end >= 0 else 1 << 62))
+    return io.BufferedReader(RangeReader(stream, start, end if end >= 0 else 1 << 62, base))
 
 
 def describe(url: str) -> tuple[int | None, str]:

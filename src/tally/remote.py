@@ -96,12 +96,13 @@ def _missing_filesystem(scheme: str) -> str | None:
     return None
 
 
-def open_remote(url: str) -> BinaryIO:
-    """A stream of the object at ``url``; :class:`Unavailable` if it cannot be opened."""
+def open_remote(url: str, offset: int = 0) -> BinaryIO:
+    """A stream of the object at ``url`` from byte ``offset``; :class:`Unavailable` if it
+    cannot be opened."""
     scheme = scheme_of(url) or ""
     is_http = scheme in HTTP_SCHEMES
     if is_http:
-        inner: Any = _http_get(url)
+        inner: Any = _http_get(url, offset)
     else:
         problem = missing_filesystem(scheme)
         if problem is not None:
@@ -110,18 +111,25 @@ def open_remote(url: str) -> BinaryIO:
             import fsspec
 
             inner = fsspec.open(url, "rb").open()
+            if offset:
+                inner.seek(offset)  # a ranged read from there on
         except Exception as exc:  # any storage library's failure: one line, never a traceback
             missing = isinstance(exc, FileNotFoundError)  # the object store has no such object
             raise Unavailable(reason(exc), retryable=not missing) from exc
     return io.BufferedReader(_Guarded(inner, url, is_http), buffer_size=1 << 16)
 
 
-def _http_get(url: str) -> http.client.HTTPResponse:
+def _http_get(url: str, offset: int = 0) -> http.client.HTTPResponse:
+    """A GET from byte ``offset`` (a range request; a server that ignores it sends the whole
+    object, whose first ``offset`` bytes are then read and dropped)."""
     import http.client  # here, not at the top: local partitions need none of it
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
     try:
         response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
     except urllib.error.HTTPError as exc:
@@ -132,7 +140,20 @@ def _http_get(url: str) -> http.client.HTTPResponse:
         raise Unavailable(reason(exc), retryable) from exc
     except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
         raise Unavailable(reason(exc)) from exc
+    if offset and response.status != 206:  # no range support: skip to the offset
+        _drop(response, offset)
     return response
+
+
+def _drop(response: http.client.HTTPResponse, count: int) -> None:
+    try:
+        while count > 0:
+            piece = response.read(min(count, 1 << 20))
+            if not piece:
+                break
+            count -= len(piece)
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unavailable(reason(exc)) from exc
 
 
 def reason(exc: BaseException) -> str:

@@ -79,20 +79,23 @@ def expand_source(source: str) -> list[str]:
     return urls
 
 
-def open_partition(url: str) -> BinaryIO:
-    """Open a partition for reading; PartitionError (retryable unless another attempt cannot
-    help, like after an HTTP 404) if it cannot be opened."""
+def open_partition(url: str, offset: int = 0) -> BinaryIO:
+    """Open a partition for reading from byte ``offset``; PartitionError (retryable unless
+    another attempt cannot help, like after an HTTP 404) if it cannot be opened."""
     if not is_remote(url):
         path = local_path(url)
         try:
             mode = os.stat(path).st_mode
             if not stat.S_ISREG(mode):  # reading a FIFO or a device would never end
                 raise PartitionError(f"cannot open {url}: not a regular file ({_kind(mode)})")
-            return open(path, "rb")
+            stream = open(path, "rb")  # noqa: SIM115
+            if offset:
+                stream.seek(offset)
+            return stream
         except OSError as exc:
             raise PartitionError(f"cannot open {url}: {reason(exc)}") from exc
     try:
-        return open_remote(url)
+        return open_remote(url, offset)
     except Unavailable as exc:
         message = f"cannot open {display(url)}: {exc.reason}"
         raise PartitionError(message, retryable=exc.retryable) from exc

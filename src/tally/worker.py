@@ -28,7 +28,6 @@ from tally.net import Connection, Gone, Joined, join
 from tally.prefetch import Prefetcher
 from tally.queries import kind_of, to_ipc
 from tally.queries.domains import load_kernel
-from tally.ranges import open_range
 
 log = logging.getLogger("tally.worker")
 
@@ -217,7 +216,7 @@ class Worker:
             self.current = assign
             try:
                 if ahead and (following := ahead[0]) is not None:
-                    prefetch.start(following[1].attempt, following[1].task.url)
+                    prefetch.start(following[1].attempt, following[1].task)
                 message = self._compute(assign, prefetch)
             except Exception as exc:  # never lose the thread: the attempt fails as data
                 message = p.Failed(assign.attempt, assign.job_id, p.ErrorInfo.from_exception(exc))
@@ -250,9 +249,7 @@ class Worker:
             job = self.plans.get(assign.job_id)
             if job is None:
                 raise ProtocolError(f"no plan for job {assign.job_id}", retryable=True)
-            with open_range(
-                prefetch.take(assign.attempt, task.url), task.start, task.end
-            ) as stream:
+            with prefetch.take(assign.attempt, task) as stream:
                 output = kind_of(job.plan).compute(
                     job.plan, stream, job.record_limit, self.config.kernel
                 )
