@@ -206,6 +206,10 @@ def _first_line(error: Exception) -> str:
 
 def from_sqlglot(node: exp.Expression) -> Expr:
     """A sqlglot scalar expression -> Expr, folding constant date arithmetic."""
+    if node.args.get("negate"):  # sqlglot's NOT LIKE, NOT IN, NOT BETWEEN, IS NOT
+        inner = node.copy()
+        inner.set("negate", None)
+        return _negate(from_sqlglot(inner))
     if isinstance(node, exp.Paren):
         return from_sqlglot(node.this)
     if isinstance(node, exp.Column):
@@ -220,15 +224,7 @@ def from_sqlglot(node: exp.Expression) -> Expr:
             return Lit(inner.kind, inner.text[1:] if inner.text.startswith("-") else "-" + inner.text)
         return Unary("neg", inner)
     if isinstance(node, exp.Not):
-        if isinstance(node.this, exp.Is):
-            return IsNull(from_sqlglot(node.this.this), negated=True)
-        if isinstance(node.this, exp.In):
-            return _in_list(node.this, negated=True)
-        if isinstance(node.this, exp.Like):
-            return Binary("not like", *_operands(node.this))
-        if isinstance(node.this, exp.Between):
-            return _between(node.this, negated=True)
-        return Unary("not", from_sqlglot(node.this))
+        return _negate(from_sqlglot(node.this))
     if isinstance(node, exp.Is):
         if not isinstance(node.expression, exp.Null):
             raise ConfigError(f"only IS [NOT] NULL is supported, not {node.sql()!r}")
@@ -247,13 +243,20 @@ def from_sqlglot(node: exp.Expression) -> Expr:
         return Cast(inner, normalize_type(to))
     op = _SQLGLOT_BINARY.get(type(node))
     if op is not None:
-        left, right = _operands(node)
         if op in ("+", "-"):
             folded = _fold_date(op, node)
             if folded is not None:
                 return folded
-        return Binary(op, left, right)
+        return Binary(op, *_operands(node))
     raise ConfigError(f"{_construct(node)} is not supported in an expression: {node.sql()!r}")
+
+
+def _negate(expr: Expr) -> Expr:
+    if isinstance(expr, IsNull | InList | Between):
+        return msgspec.structs.replace(expr, negated=not expr.negated)
+    if isinstance(expr, Binary) and expr.op in ("like", "not like"):
+        return Binary("not like" if expr.op == "like" else "like", expr.left, expr.right)
+    return Unary("not", expr)
 
 
 def _operands(node: exp.Expression) -> tuple[Expr, Expr]:
