@@ -20,14 +20,15 @@ from tally.queries.groupby import GroupMerger, GroupResult, decode_partial, enco
 from tally.queries.groupby_output import show
 from tally.queries.plan import Plan
 
-LINEITEM = (
-    "l_orderkey,l_partkey,l_suppkey,l_linenumber,l_quantity,l_extendedprice,l_discount,l_tax,"
-    "l_returnflag,l_linestatus,l_shipdate,l_commitdate,l_receiptdate,l_shipinstruct,l_shipmode,"
-    "l_comment"
-).split(",")
-CUSTOMER = "c_custkey,c_name,c_address,c_nationkey,c_phone,c_acctbal,c_mktsegment,c_comment".split(
-    ","
-)
+LINEITEM = [
+    "l_orderkey", "l_partkey", "l_suppkey", "l_linenumber", "l_quantity", "l_extendedprice",
+    "l_discount", "l_tax", "l_returnflag", "l_linestatus", "l_shipdate", "l_commitdate",
+    "l_receiptdate", "l_shipinstruct", "l_shipmode", "l_comment",
+]  # fmt: skip
+CUSTOMER = [
+    "c_custkey", "c_name", "c_address", "c_nationkey", "c_phone", "c_acctbal", "c_mktsegment",
+    "c_comment",
+]  # fmt: skip
 
 Q1 = """
 select
@@ -73,12 +74,14 @@ def split_lines(data: bytes, parts: int) -> list[bytes]:
     pieces, start = [], 0
     for i in range(1, parts + 1):
         end = len(data) if i == parts else data.find(b"\n", len(data) * i // parts) + 1 or len(data)
-        pieces.append(data[start:max(start, end)])
+        pieces.append(data[start : max(start, end)])
         start = max(start, end)
     return pieces
 
 
-def run(plan: Plan, pieces: Sequence[bytes], *, compact_rows: int = 1 << 18, **kw: object) -> GroupResult:
+def run(
+    plan: Plan, pieces: Sequence[bytes], *, compact_rows: int = 1 << 18, **kw: object
+) -> GroupResult:
     """Each piece as a task, every partial through its wire form, merged in order."""
     merger = GroupMerger(plan, compact_rows=compact_rows)
     for i, piece in enumerate(pieces):
@@ -96,8 +99,8 @@ def duck_source(path: Path, plan: Plan, *, ignore_errors: bool = False) -> str:
     options = ", ignore_errors=true" if ignore_errors else ""
     delim = plan.delimiter.replace("'", "''")
     return (
-        f"read_csv('{path}', delim='{delim}', header={str(plan.header).lower()}, columns={columns!r},"
-        f" quote='', escape='', auto_detect=false{options})"
+        f"read_csv('{path}', delim='{delim}', header={str(plan.header).lower()},"
+        f" columns={columns!r}, quote='', escape='', auto_detect=false{options})"
     )
 
 

@@ -15,6 +15,9 @@ import msgspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from groupby_helpers import (
     CUSTOMER,
     LINEITEM,
@@ -27,9 +30,6 @@ from groupby_helpers import (
     split_lines,
     tpch,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tally.errors import ConfigError, ProtocolError
 from tally.kernels.delimited import GroupPartial, compute_partial
 from tally.kernels.lines import LineChunks
@@ -111,11 +111,19 @@ def test_every_aggregate_with_where_equals_duckdb(tpch: Path) -> None:
         delimiter="|",
         group_by=["l_shipmode,l_returnflag"],
         aggs=[
-            "count", "count:l_receiptdate", "sum:l_quantity", "avg:l_quantity",
-            "sum:l_extendedprice*(1-l_discount)", "avg:l_tax", "min:l_shipdate",
-            "max:l_shipinstruct", "min:l_extendedprice", "max:l_orderkey",
-            "count_distinct:l_suppkey", "count_distinct:l_shipdate",
-        ],  # fmt: skip
+            "count",
+            "count:l_receiptdate",
+            "sum:l_quantity",
+            "avg:l_quantity",
+            "sum:l_extendedprice*(1-l_discount)",
+            "avg:l_tax",
+            "min:l_shipdate",
+            "max:l_shipinstruct",
+            "min:l_extendedprice",
+            "max:l_orderkey",
+            "count_distinct:l_suppkey",
+            "count_distinct:l_shipdate",
+        ],
         where=where,
         columns=LINEITEM,
         sample=data[: 1 << 20],
@@ -136,29 +144,22 @@ def test_doubles_are_summed_exactly_in_any_merge_order() -> None:
     rows_ = [("a", "1e16"), ("a", "1"), ("a", "-1e16"), ("a", "0.1"), ("b", "")]
     plan = plan_from_flags(group_by=["1"], aggs=["sum:2", "avg:2", "count:2"], sample=b"a,1.5e3\n")
     assert plan.schema["c2"] == "DOUBLE"
-    partials = [
-        compute_partial(plan, io.BytesIO(f"{k},{v}\n".encode())) for k, v in rows_
-    ]
+    partials = [compute_partial(plan, io.BytesIO(f"{k},{v}\n".encode())) for k, v in rows_]
     outputs = set()
     for order in itertools.permutations(partials):
         merger = GroupMerger(plan, compact_rows=1)
         for partial in order:
             merger.add(partial)
         outputs.add(format_group_result(merger.result(), "csv"))
-    assert outputs == {"c1,sum(c2),avg(c2),count(c2)\na,1.1,0.275,4\nb,NULL,NULL,0\n".replace("NULL", "")}
+    assert outputs == {
+        "c1,sum(c2),avg(c2),count(c2)\na,1.1,0.275,4\nb,NULL,NULL,0\n".replace("NULL", "")
+    }
     assert sum(exact_expansion([1e16, 1.0, -1e16, 0.1])) == 1.1
 
 
 def test_empty_and_null_fields_equal_duckdb(tmp_path: Path) -> None:
     path = tmp_path / "nulls.csv"
-    path.write_bytes(
-        b"a,1,x,2020-01-01\n"
-        b",2,,2020-01-02\n"
-        b"a,,y,\n"
-        b",,,\n"
-        b"b,5,y,2020-01-03\n"
-        b"b,,,\n"
-    )
+    path.write_bytes(b"a,1,x,2020-01-01\n,2,,2020-01-02\na,,y,\n,,,\nb,5,y,2020-01-03\nb,,,\n")
     data = path.read_bytes()
     plan = plan_from_flags(
         group_by=["1"],
@@ -216,7 +217,9 @@ def test_bad_rows_are_counted_never_fatal(tmp_path: Path, chunk_size: int) -> No
     merger.add(partial)
     good = tmp_path / "good.tbl"
     good.write_bytes(b"k|x|n|\na|1.50|7|\na|2.25|8|\nc|1.005|3|\nd|1.00|9|\n")
-    theirs = duck_rows(f"select k, count(*), sum(x), max(n) from {duck_source(good, plan)} group by 1 order by 1")
+    theirs = duck_rows(
+        f"select k, count(*), sum(x), max(n) from {duck_source(good, plan)} group by 1 order by 1"
+    )
     assert_same(rows(merger.result()), theirs)
     assert rows(merger.result())[1] == ("c", 1, Decimal("1.01"), 3)
 
@@ -279,7 +282,10 @@ def test_any_split_and_merge_order_gives_the_same_result(
     lines = text.splitlines(keepends=True)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(lines)), max_size=6)))
     pieces = [b"".join(lines[a:b]) for a, b in itertools.pairwise([0, *cuts, len(lines)])]
-    partials = [compute_partial(plan, io.BytesIO(p), chunk_size=data.draw(st.integers(1, 64))) for p in pieces]
+    partials = [
+        compute_partial(plan, io.BytesIO(p), chunk_size=data.draw(st.integers(1, 64)))
+        for p in pieces
+    ]
     random.Random(data.draw(st.integers(0, 1000))).shuffle(partials)
     merger = GroupMerger(plan, compact_rows=data.draw(st.integers(1, 20)))
     for partial in partials:

@@ -11,6 +11,7 @@ import datetime
 import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
+from typing import cast
 
 import msgspec
 import sqlglot
@@ -104,9 +105,7 @@ def normalize_type(name: str) -> str:
         if not 1 <= precision <= 38 or scale > precision:
             raise ConfigError(f"bad decimal type {name!r}: precision 1..38, scale <= precision")
         return f"DECIMAL({precision},{scale})"
-    raise ConfigError(
-        f"unknown type {name!r} (use bigint, double, decimal(p,s), varchar or date)"
-    )
+    raise ConfigError(f"unknown type {name!r} (use bigint, double, decimal(p,s), varchar or date)")
 
 
 def columns_of(expr: Expr) -> Iterator[Col]:
@@ -139,8 +138,8 @@ def map_columns(expr: Expr, fn: Callable[[Col], Col]) -> Expr:
         items = tuple(map_columns(i, fn) for i in expr.items)
         return InList(map_columns(expr.arg, fn), items, expr.negated)
     if isinstance(expr, Between):
-        parts = (map_columns(p, fn) for p in (expr.arg, expr.low, expr.high))
-        return Between(*parts, negated=expr.negated)
+        arg, low, high = (map_columns(p, fn) for p in (expr.arg, expr.low, expr.high))
+        return Between(arg, low, high, negated=expr.negated)
     return expr
 
 
@@ -194,7 +193,7 @@ def display(expr: Expr, name: Callable[[Col], str]) -> str:
 def parse_expression(text: str) -> Expr:
     """A scalar SQL expression (as given to ``--where``) -> Expr; ConfigError if unsupported."""
     try:
-        node = sqlglot.parse_one(text, read="duckdb")
+        node = cast(exp.Expression, sqlglot.parse_one(text, read="duckdb"))
     except sqlglot.errors.ParseError as e:
         raise ConfigError(f"cannot parse expression {text!r}: {_first_line(e)}") from None
     return from_sqlglot(node)
@@ -207,9 +206,9 @@ def _first_line(error: Exception) -> str:
 def from_sqlglot(node: exp.Expression) -> Expr:
     """A sqlglot scalar expression -> Expr, folding constant date arithmetic."""
     if node.args.get("negate"):  # sqlglot's NOT LIKE, NOT IN, NOT BETWEEN, IS NOT
-        inner = node.copy()
-        inner.set("negate", None)
-        return _negate(from_sqlglot(inner))
+        positive = node.copy()
+        positive.set("negate", None)
+        return _negate(from_sqlglot(positive))
     if isinstance(node, exp.Paren):
         return from_sqlglot(node.this)
     if isinstance(node, exp.Column):
@@ -219,10 +218,11 @@ def from_sqlglot(node: exp.Expression) -> Expr:
     if isinstance(node, exp.Literal | exp.Boolean | exp.Null):
         return _literal(node)
     if isinstance(node, exp.Neg):
-        inner = from_sqlglot(node.this)
-        if isinstance(inner, Lit) and inner.kind in ("BIGINT", "DECIMAL", "DOUBLE"):
-            return Lit(inner.kind, inner.text[1:] if inner.text.startswith("-") else "-" + inner.text)
-        return Unary("neg", inner)
+        negated = from_sqlglot(node.this)
+        if isinstance(negated, Lit) and negated.kind in ("BIGINT", "DECIMAL", "DOUBLE"):
+            text = negated.text
+            return Lit(negated.kind, text[1:] if text.startswith("-") else "-" + text)
+        return Unary("neg", negated)
     if isinstance(node, exp.Not):
         return _negate(from_sqlglot(node.this))
     if isinstance(node, exp.Is):
@@ -237,10 +237,10 @@ def from_sqlglot(node: exp.Expression) -> Expr:
         if isinstance(node, exp.TryCast):
             raise ConfigError("TRY_CAST is not supported; a value that does not parse is a bad row")
         to = node.to.sql(dialect="duckdb")
-        inner = from_sqlglot(node.this)
-        if isinstance(inner, Lit) and normalize_type(to) == "DATE" and inner.kind == "VARCHAR":
-            return Lit("DATE", _iso_date(inner.text))
-        return Cast(inner, normalize_type(to))
+        value = from_sqlglot(node.this)
+        if isinstance(value, Lit) and normalize_type(to) == "DATE" and value.kind == "VARCHAR":
+            return Lit("DATE", _iso_date(value.text))
+        return Cast(value, normalize_type(to))
     op = _SQLGLOT_BINARY.get(type(node))
     if op is not None:
         if op in ("+", "-"):
@@ -266,7 +266,9 @@ def _operands(node: exp.Expression) -> tuple[Expr, Expr]:
 def _in_list(node: exp.In, *, negated: bool) -> InList:
     if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
         raise ConfigError(f"a subquery is not supported: {node.sql()!r}")
-    return InList(from_sqlglot(node.this), tuple(from_sqlglot(e) for e in node.expressions), negated)
+    return InList(
+        from_sqlglot(node.this), tuple(from_sqlglot(e) for e in node.expressions), negated
+    )
 
 
 def _between(node: exp.Between, *, negated: bool) -> Between:

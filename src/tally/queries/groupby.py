@@ -95,7 +95,9 @@ class GroupMerger:
             self._check_layout(table.schema)
             self._schema = table.schema
             self._double_sums = [
-                name for name in self._double_sums if pa.types.is_floating(table.schema.field(name).type)
+                name
+                for name in self._double_sums
+                if pa.types.is_floating(table.schema.field(name).type)
             ]
         elif not table.schema.equals(self._schema):
             raise ProtocolError("a group-by partial does not match the others' columns")
@@ -174,18 +176,18 @@ class GroupMerger:
         if self._schema is None:
             return GroupResult(self._empty(), self.lines, self.malformed, list(failed_partitions))
         table = self._compact()
-        return GroupResult(finalize(self.plan, table), self.lines, self.malformed, list(failed_partitions))
+        return GroupResult(
+            finalize(self.plan, table), self.lines, self.malformed, list(failed_partitions)
+        )
 
     def _empty(self) -> pa.Table:
         """No partial at all: no groups; a global aggregate still has its one row."""
-        names = self.plan.output_names
         rows = 0 if self.plan.group_by else 1
-        columns = []
-        for j, name in enumerate(names):
-            agg = self.plan.aggregates[j - len(self.plan.group_by)] if j >= len(self.plan.group_by) else None
-            counted = agg is not None and agg.func in ("count", "count_distinct")
-            columns.append(pa.array([0] * rows if counted else [None] * rows, pa.int64() if counted else pa.null()))
-        return _order(self.plan, pa.table(columns, names=list(names)))
+        columns = [pa.nulls(rows, pa.null()) for _ in self.plan.group_by]
+        for agg in self.plan.aggregates:
+            counted = agg.func in ("count", "count_distinct")
+            columns.append(pa.array([0] * rows, pa.int64()) if counted else pa.nulls(rows))
+        return _order(self.plan, pa.table(columns, names=list(self.plan.output_names)))
 
 
 def exact_expansion(values: Iterable[float]) -> list[float]:
@@ -229,7 +231,9 @@ def _sum_or_avg(func: str, counts: pa.ChunkedArray, sums: pa.ChunkedArray) -> pa
         totals = [math.fsum(v) if c else None for v, c in zip(sums.to_pylist(), n, strict=True)]
         if func == "sum":
             return pa.array(totals, pa.float64())
-        return pa.array([t / c if c else None for t, c in zip(totals, n, strict=True)], pa.float64())
+        return pa.array(
+            [t / c if c else None for t, c in zip(totals, n, strict=True)], pa.float64()
+        )
     if func == "sum":
         return sums.combine_chunks()
     values = sums.to_pylist()  # Decimal: exact, so the quotient is rounded once
@@ -242,7 +246,9 @@ def _sum_or_avg(func: str, counts: pa.ChunkedArray, sums: pa.ChunkedArray) -> pa
 
 def _order(plan: Plan, table: pa.Table) -> pa.Table:
     names = table.schema.names
-    sort_keys = [(names[k.column], "descending" if k.descending else "ascending") for k in plan.order_by]
+    sort_keys = [
+        (names[k.column], "descending" if k.descending else "ascending") for k in plan.order_by
+    ]
     taken = {name for name, _ in sort_keys}
     sort_keys += [(n, "ascending") for n in names[: len(plan.group_by)] if n not in taken]
     if sort_keys and table.num_rows > 1:

@@ -45,7 +45,7 @@ def show(value: object, *, null: str = "NULL") -> str:
 
 
 def _json_value(value: object) -> str:
-    if value is None or isinstance(value, float) and not math.isfinite(value):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "null"
     if isinstance(value, float | Decimal | int) and not isinstance(value, bool):
         return show(value)  # a JSON number, exact for decimals
@@ -64,7 +64,9 @@ def format_group_result(result: GroupResult, fmt: str) -> str:
     rows = _rows(table)
     if fmt == "json":
         body = ",".join(
-            "{" + ",".join(f"{json.dumps(n)}:{_json_value(v)}" for n, v in zip(names, row, strict=True)) + "}"
+            "{"
+            + ",".join(f"{json.dumps(n)}:{_json_value(v)}" for n, v in zip(names, row, strict=True))
+            + "}"
             for row in rows
         )
         head = {

@@ -90,7 +90,9 @@ def infer_type(values: list[str]) -> str:
     present = [v for v in values if v != ""]
     if not present:
         return "VARCHAR"
-    if all(_INT.fullmatch(v) for v in present) and all(-(1 << 63) <= int(v) < 1 << 63 for v in present):
+    if all(_INT.fullmatch(v) for v in present) and all(
+        -(1 << 63) <= int(v) < 1 << 63 for v in present
+    ):
         return "BIGINT"
     decimals = [_DECIMAL.fullmatch(v) for v in present]
     if all(decimals):

@@ -144,7 +144,11 @@ def plan_from_flags(
 def check_delimiter(delimiter: str) -> str:
     if delimiter in ("\\t", "tab"):
         delimiter = "\t"
-    if len(delimiter) != 1 or delimiter in "\r\n\"" or not delimiter.isprintable() and delimiter != "\t":
+    if (
+        len(delimiter) != 1
+        or delimiter in '\r\n"'
+        or (not delimiter.isprintable() and delimiter != "\t")
+    ):
         raise ConfigError(f"bad delimiter {delimiter!r}: one character, not a quote or newline")
     return delimiter
 
@@ -207,7 +211,9 @@ def _aggregate(spec: str) -> Aggregate:
     func, sep, arg = spec.partition(":")
     func = func.strip().lower().replace("-", "_")
     if func not in FUNCS:
-        raise ConfigError(f"unknown aggregate {func!r} in --agg {spec!r} (one of {', '.join(FUNCS)})")
+        raise ConfigError(
+            f"unknown aggregate {func!r} in --agg {spec!r} (one of {', '.join(FUNCS)})"
+        )
     if not sep:
         if func != "count":
             raise ConfigError(f"--agg {spec!r} needs a column: {func}:COL")
@@ -253,7 +259,7 @@ def name_outputs(plan: Plan) -> Plan:
 
 
 def _order_key(plan: Plan, spec: str) -> OrderKey:
-    ref, sep, direction = spec.rpartition(":") if ":" in spec else (spec, "", "asc")
+    ref, _, direction = spec.rpartition(":") if ":" in spec else (spec, "", "asc")
     direction = direction.strip().lower()
     if direction not in ("asc", "desc"):
         raise ConfigError(f"bad --order-by {spec!r}: COL[:asc|desc]")
@@ -291,9 +297,7 @@ def resolve_names(plan: Plan, width: int) -> Plan:
     def resolve_expr(expr: Expr | None) -> Expr | None:
         return None if expr is None else map_columns(expr, resolve)
 
-    aggregates = tuple(
-        msgspec.structs.replace(a, arg=resolve_expr(a.arg)) for a in plan.aggregates
-    )
+    aggregates = tuple(msgspec.structs.replace(a, arg=resolve_expr(a.arg)) for a in plan.aggregates)
     schema = {}
     for key, kind in plan.schema.items():
         if key not in lookup and re.fullmatch(r"c[1-9]\d*", key) and int(key[1:]) <= width:

@@ -17,7 +17,7 @@ import sqlglot
 from sqlglot import exp
 
 from tally.errors import ConfigError
-from tally.queries.expr import Col, Expr, from_sqlglot
+from tally.queries.expr import Col, from_sqlglot
 from tally.queries.plan import (
     Aggregate,
     OrderKey,
@@ -141,7 +141,7 @@ def _strip_alias(node: exp.Expression, alias: str) -> exp.Expression:
 def _aggregate(node: exp.Expression, alias: str) -> Aggregate:
     func = _AGGREGATES.get(type(node))
     if func is None:
-        raise ConfigError(f"the aggregate {node.sql_name()} is not supported")
+        raise ConfigError(f"the aggregate {node.key.upper()} is not supported")
     if node.args.get("filter") or node.args.get("order"):
         raise ConfigError(f"FILTER/ORDER BY inside {node.sql()!r} is not supported")
     arg = node.this
@@ -160,7 +160,7 @@ def _aggregate(node: exp.Expression, alias: str) -> Aggregate:
 
 
 def _build(select: exp.Select, plan: Plan, table_alias: str) -> Plan:
-    items: list[tuple[str, Expr | Aggregate, str]] = []  # (alias, key or aggregate, sql text)
+    items: list[tuple[str, Col | Aggregate, str]] = []  # (alias, key or aggregate, sql text)
     for item in select.expressions:
         alias = item.alias if isinstance(item, exp.Alias) else ""
         node = _strip_alias(item.this if isinstance(item, exp.Alias) else item, table_alias)
@@ -182,12 +182,13 @@ def _build(select: exp.Select, plan: Plan, table_alias: str) -> Plan:
     where = select.args.get("where")
     if where is not None:
         _check_scalar(where.this, "in WHERE")
-        plan = msgspec.structs.replace(plan, where=from_sqlglot(_strip_alias(where.this, table_alias)))
+        plan = msgspec.structs.replace(
+            plan, where=from_sqlglot(_strip_alias(where.this, table_alias))
+        )
+    # no aggregate at all (SELECT k FROM t GROUP BY k) gives the distinct keys
     aggregates = [entry for _, entry, _ in items if isinstance(entry, Aggregate)]
-    if not aggregates:
-        aggregates = []  # SELECT k FROM t GROUP BY k: the distinct keys
     output = []  # output index of each select item
-    for alias, entry, _ in items:
+    for _, entry, _ in items:
         if isinstance(entry, Aggregate):
             output.append(len(keys) + aggregates.index(entry))
         else:
@@ -196,7 +197,10 @@ def _build(select: exp.Select, plan: Plan, table_alias: str) -> Plan:
                 raise ConfigError(f"column {entry.name!r} must be in GROUP BY or in an aggregate")
             output.append(position)
     group_names = [
-        next((a for a, e, _ in items if not isinstance(e, Aggregate) and e.name == k.name and a), k.name)
+        next(
+            (a for a, e, _ in items if not isinstance(e, Aggregate) and e.name == k.name and a),
+            k.name,
+        )
         for k in keys
     ]
     plan = msgspec.structs.replace(
@@ -207,21 +211,25 @@ def _build(select: exp.Select, plan: Plan, table_alias: str) -> Plan:
         select=tuple(output) if output != list(range(len(keys) + len(aggregates))) else (),
     )
     plan = name_outputs(plan)
-    plan = msgspec.structs.replace(plan, order_by=_order_by(select, plan, items, output), limit=_limit(select))
+    plan = msgspec.structs.replace(
+        plan, order_by=_order_by(select, plan, items, output), limit=_limit(select)
+    )
     if plan.names is not None:
         plan = resolve_names(plan, len(plan.names))
     return plan
 
 
-def _group_keys(select: exp.Select, items: list[tuple[str, Expr | Aggregate, str]], alias: str) -> list[Col]:
+def _group_keys(
+    select: exp.Select, items: list[tuple[str, Col | Aggregate, str]], alias: str
+) -> list[Col]:
     group = select.args.get("group")
     if group is None:
         if any(not isinstance(e, Aggregate) for _, e, _ in items):
             raise ConfigError("a column outside an aggregate needs GROUP BY")
         return []
-    for key in ("rollup", "cube", "grouping_sets"):
-        if group.args.get(key):
-            raise ConfigError(f"GROUP BY {key.upper().replace('_', ' ')} is not supported")
+    for clause in ("rollup", "cube", "grouping_sets"):
+        if group.args.get(clause):
+            raise ConfigError(f"GROUP BY {clause.upper().replace('_', ' ')} is not supported")
     if group.args.get("all"):
         return [e for _, e, _ in items if isinstance(e, Col)]
     keys: list[Col] = []
@@ -238,7 +246,10 @@ def _group_keys(select: exp.Select, items: list[tuple[str, Expr | Aggregate, str
                 raise ConfigError(f"GROUP BY {node.name}: cannot group by an aggregate")
         else:
             _check_scalar(node, "in GROUP BY")
-            key = from_sqlglot(node)
+            parsed = from_sqlglot(node)
+            if not isinstance(parsed, Col):
+                raise ConfigError(f"only columns can be group keys, not {node.sql()!r}")
+            key = parsed
         if not isinstance(key, Col):
             raise ConfigError(f"only columns can be group keys, not {node.sql()!r}")
         if key not in keys:
@@ -247,7 +258,10 @@ def _group_keys(select: exp.Select, items: list[tuple[str, Expr | Aggregate, str
 
 
 def _order_by(
-    select: exp.Select, plan: Plan, items: list[tuple[str, Expr | Aggregate, str]], output: list[int]
+    select: exp.Select,
+    plan: Plan,
+    items: list[tuple[str, Col | Aggregate, str]],
+    output: list[int],
 ) -> tuple[OrderKey, ...]:
     order = select.args.get("order")
     if order is None:
