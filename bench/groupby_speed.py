@@ -22,7 +22,6 @@ against DuckDB's (same column types). Candidates:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -184,12 +183,9 @@ def run_pyarrow(path: Path, plan) -> list[list[object]]:  # type: ignore[no-unty
         disc_price = disc_price.cast(pa.decimal128(18, 4))
         charge = pc.multiply(disc_price, pc.add(one, t["l_tax"]))
         t = t.append_column("dp", disc_price).append_column("ch", charge.cast(pa.decimal128(38, 6)))
-        parts.append(
-            t.group_by(["l_returnflag", "l_linestatus"]).aggregate(
-                [("l_quantity", "sum"), ("l_extendedprice", "sum"), ("dp", "sum"), ("ch", "sum"),
-                 ("l_discount", "sum"), ([], "count_all")]
-            )  # fmt: skip
-        )
+        sums = ["l_quantity", "l_extendedprice", "dp", "ch", "l_discount"]
+        aggs = [(c, "sum") for c in sums] + [([], "count_all")]
+        parts.append(t.group_by(["l_returnflag", "l_linestatus"]).aggregate(aggs))
     total = pa.concat_tables(parts)
     keys = ["l_returnflag", "l_linestatus"]
     sums = [n for n in total.schema.names if n not in keys]
@@ -203,10 +199,11 @@ def run_pyarrow(path: Path, plan) -> list[list[object]]:  # type: ignore[no-unty
 
 
 def child(name: str, path: Path) -> None:
-    import duckdb  # noqa: F401  (imports are not part of a task's time)
+    # imports are not part of a task's time
+    import duckdb  # noqa: F401
     import pyarrow.csv  # noqa: F401
 
-    import tally.kernels.delimited  # noqa: F401
+    import tally.kernels.delimited
     import tally.queries.groupby  # noqa: F401
 
     if name == "polars":
@@ -272,8 +269,13 @@ def main() -> None:
             file=sys.stderr,
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
-           "bytes": size, "rounds": args.rounds, "load": os.getloadavg(), "results": results}  # fmt: skip
+    doc = {
+        "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+        "bytes": size,
+        "rounds": args.rounds,
+        "load": os.getloadavg(),
+        "results": results,
+    }
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
 
 

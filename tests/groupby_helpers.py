@@ -105,7 +105,10 @@ def duck_source(path: Path, plan: Plan, *, ignore_errors: bool = False) -> str:
 
 
 def duck_rows(sql: str) -> list[tuple[object, ...]]:
-    return duckdb.connect().sql(sql).fetchall()
+    con = duckdb.connect()
+    answer: list[tuple[object, ...]] = con.sql(sql).fetchall()
+    con.close()
+    return answer
 
 
 def rows(result: GroupResult) -> list[tuple[object, ...]]:

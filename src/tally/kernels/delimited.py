@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import duckdb
+import msgspec
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.csv as pacsv  # type: ignore[import-untyped]
@@ -139,6 +140,19 @@ class PartialLayout:
         keys = ", ".join(f"g{i}" for i in range(len(self.plan.group_by)))
         group = f" GROUP BY {keys}" if keys else ""
         return f"SELECT {', '.join(self.select)} FROM {source}{where}{group}"
+
+
+def layout_of(plan: Plan) -> PartialLayout:
+    """The layout of ``plan``, cached per thread: every task of a job has the same plan."""
+    key = msgspec.msgpack.encode(plan)
+    cache: dict[bytes, PartialLayout] = getattr(_local, "layouts", None) or {}
+    _local.layouts = cache
+    layout = cache.get(key)
+    if layout is None:
+        if len(cache) >= 8:
+            cache.clear()
+        layout = cache[key] = PartialLayout(plan)
+    return layout
 
 
 def _numeric(kind: str) -> bool:
@@ -259,7 +273,7 @@ def compute_partial(
     byte range that does not start the file. Stream errors propagate as they are; a query
     that fails on the data (an overflow) is a PartitionError.
     """
-    layout = PartialLayout(plan)
+    layout = layout_of(plan)
     parser = _Parser(layout, block_size=chunk_size + record_limit + 2)
     first = plan.header if skip_header is None else skip_header
     chunks = LineChunks(stream, chunk_size, record_limit, skip_first_line=first)
