@@ -414,3 +414,22 @@ def test_line_chunks_keep_whole_lines_and_drop_long_ones(
     assert out == b"".join(line + b"\n" for line in kept)
     assert chunks.oversized == len(expected) - len(kept)
     assert chunks.bytes_read == len(data)
+
+
+def test_positions_take_the_header_names_once_bound() -> None:
+    data = b"seg|bal|\nA|1|\nB|2|\n"
+    plan = plan_from_flags(
+        delimiter="|", header=True, group_by=["1"], aggs=["sum:2", "count"], order_by=["sum(c2)"]
+    )
+    assert plan.output_names == ("c1", "sum(c2)", "count")
+    plan = bind(plan, data)
+    assert plan.output_names == ("seg", "sum(bal)", "count")
+    assert plan.trailing_delimiter and plan.width == 2
+    assert rows(run(plan, [data])) == [("A", 1, 1), ("B", 2, 1)]
+
+
+def test_an_empty_last_column_that_is_named_is_not_a_trailing_delimiter() -> None:
+    data = b"A,1,\nB,2,\n"
+    plan = plan_from_flags(group_by=["a"], aggs=["count:c"], columns="a,b,c", sample=data)
+    assert not plan.trailing_delimiter and plan.width == 3
+    assert rows(run(plan, [data])) == [("A", 0), ("B", 0)]

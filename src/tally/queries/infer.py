@@ -14,7 +14,7 @@ from collections import Counter
 import msgspec
 
 from tally.errors import ConfigError
-from tally.queries.plan import Plan, resolve_names
+from tally.queries.plan import Plan, rename_defaults, resolve_names
 
 SAMPLE_BYTES = 1 << 20  # how much of the first partition a caller should pass to bind()
 SAMPLE_LINES = 20_000
@@ -52,6 +52,8 @@ def bind(plan: Plan, sample: bytes) -> Plan:
                 header = header[:-1]
             names = _header_names(header)
     trailing = bool(rows) and all(len(r) > 1 and r[-1] == "" for r in rows)
+    if trailing and names is not None and len(names) in Counter(len(r) for r in rows):
+        trailing = False  # the last column is named: it is empty in the sample, not a trailer
     counts = Counter(len(r) - trailing for r in rows)
     if names is not None:
         width = len(names)
@@ -62,8 +64,9 @@ def bind(plan: Plan, sample: bytes) -> Plan:
         width = counts.most_common(1)[0][0]
     else:
         raise ConfigError("cannot bind the query: the sample of the data has no lines")
+    before = plan
     plan = msgspec.structs.replace(plan, names=names, width=width, trailing_delimiter=trailing)
-    plan = resolve_names(plan, width)
+    plan = rename_defaults(before, resolve_names(plan, width))
     schema = dict(plan.schema)
     for index in plan.used_columns():
         name = plan.column_name(index)

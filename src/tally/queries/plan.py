@@ -226,35 +226,54 @@ def _aggregate(spec: str) -> Aggregate:
     return Aggregate(func, parse_expression(arg))  # an expression such as price*(1-discount)
 
 
-def name_outputs(plan: Plan) -> Plan:
-    """Fill in output names: a group key's column name, ``func(arg)`` for an aggregate; unique."""
+def _default_labels(plan: Plan) -> list[str]:
+    """The name each output column gets unless it is given one: a group key's column name,
+    ``func`` or ``func(arg)`` for an aggregate."""
 
     def name(col: Col) -> str:
         return col.name or plan.column_name(col.index)
 
-    taken: set[str] = set()
+    labels = [name(c) for c in plan.group_by]
+    for agg in plan.aggregates:
+        arg = agg.arg
+        labels.append(agg.func if arg is None else f"{agg.func}({display(arg, name)})")
+    return labels
 
-    def unique(base: str) -> str:
+
+def _with_names(plan: Plan, names: list[str]) -> Plan:
+    taken: set[str] = set()
+    unique = []
+    for base in names:
         out, n = base, 2
         while out in taken:
             out, n = f"{base}_{n}", n + 1
         taken.add(out)
-        return out
+        unique.append(out)
+    keys = len(plan.group_by)
+    aggregates = tuple(
+        msgspec.structs.replace(a, name=n)
+        for a, n in zip(plan.aggregates, unique[keys:], strict=True)
+    )
+    return msgspec.structs.replace(plan, group_names=tuple(unique[:keys]), aggregates=aggregates)
 
-    group_names = list(plan.group_names)
-    group_names += [name(c) for c in plan.group_by[len(group_names) :]]
-    group_names = [unique(n) for n in group_names]
-    aggregates = []
-    for agg in plan.aggregates:
-        if agg.name:
-            label = agg.name
-        elif agg.arg is None:
-            label = agg.func
-        else:
-            label = f"{agg.func}({display(agg.arg, name)})"
-        aggregates.append(msgspec.structs.replace(agg, name=unique(label)))
-    return msgspec.structs.replace(
-        plan, group_names=tuple(group_names), aggregates=tuple(aggregates)
+
+def name_outputs(plan: Plan) -> Plan:
+    """Fill in the output names not given (see :func:`_default_labels`), all unique."""
+    given = [*plan.group_names, *(None for _ in plan.group_by[len(plan.group_names) :])]
+    given += [a.name or None for a in plan.aggregates]
+    defaults = _default_labels(plan)
+    return _with_names(plan, [g or d for g, d in zip(given, defaults, strict=True)])
+
+
+def rename_defaults(before: Plan, after: Plan) -> Plan:
+    """``after`` (``before`` with column names now known) with the output names that were
+    defaults under ``before`` (``c7``, ``sum(c6)``) made from the real names."""
+    old, new = _default_labels(before), _default_labels(after)
+    if old == new:
+        return after
+    current = list(after.output_names)
+    return _with_names(
+        after, [n if c == o else c for c, o, n in zip(current, old, new, strict=True)]
     )
 
 
