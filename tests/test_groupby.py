@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import random
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -34,10 +35,11 @@ from tally.errors import ConfigError, ProtocolError
 from tally.kernels.delimited import GroupPartial, compute_partial
 from tally.kernels.lines import LineChunks
 from tally.queries import plan as plans
+from tally.queries.expr import Binary, Col, Lit
 from tally.queries.groupby import GroupMerger, decode_partial, encode_partial, exact_expansion
 from tally.queries.groupby_output import format_group_result
 from tally.queries.infer import bind, infer_type
-from tally.queries.plan import plan_from_flags
+from tally.queries.plan import Aggregate, Plan, plan_from_flags
 from tally.queries.sql import parse_sql
 
 __all__ = ["tpch"]  # the session fixture
@@ -433,3 +435,53 @@ def test_an_empty_last_column_that_is_named_is_not_a_trailing_delimiter() -> Non
     plan = plan_from_flags(group_by=["a"], aggs=["count:c"], columns="a,b,c", sample=data)
     assert not plan.trailing_delimiter and plan.width == 3
     assert rows(run(plan, [data])) == [("A", 0), ("B", 0)]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda p: msgspec.structs.replace(p, schema={"c2": "BIGINT) FROM x; --"}),
+        lambda p: msgspec.structs.replace(
+            p, where=Binary(">", Col("c2", 1), Lit("BIGINT", "1; --"))
+        ),
+        lambda p: msgspec.structs.replace(
+            p, where=Binary("; --", Col("c2", 1), Lit("BIGINT", "1"))
+        ),
+        lambda p: msgspec.structs.replace(p, aggregates=(Aggregate("sum; --", Col("c2", 1)),)),
+        lambda p: msgspec.structs.replace(p, group_by=(Col("c9", 8),)),
+    ],
+)
+def test_a_plan_from_the_wire_cannot_carry_sql(tamper: Callable[[Plan], Plan]) -> None:
+    plan = plan_from_flags(group_by=["1"], aggs=["sum:2"], sample=b"a,1\n")
+    tampered = plans.decode(plans.encode(tamper(plan)))
+    with pytest.raises(ConfigError):
+        compute_partial(tampered, io.BytesIO(b"a,1\n"))
+
+
+class ReadSizes(io.RawIOBase):
+    """A long stream made on the fly that records the size of every read asked of it."""
+
+    def __init__(self, line: bytes, lines: int) -> None:
+        self.data = line * lines
+        self.pos = 0
+        self.sizes: list[int] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        self.sizes.append(len(buffer))
+        got = self.data[self.pos : self.pos + len(buffer)]
+        buffer[: len(got)] = got
+        self.pos += len(got)
+        return len(got)
+
+
+def test_a_partition_is_read_a_chunk_at_a_time() -> None:
+    stream = ReadSizes(b"key-1|12.50|x|\n", 200_000)
+    plan = plan_from_flags(delimiter="|", group_by=["1"], aggs=["sum:2"], sample=b"k|1.5|x|\n")
+    partial = compute_partial(plan, stream, chunk_size=1 << 16)  # type: ignore[arg-type]
+    assert max(stream.sizes) <= 1 << 16 and len(stream.sizes) > 40
+    assert partial.table.to_pylist() == [
+        {"g0": "key-1", "a0_n": 200_000, "a0_s": Decimal("2500000.00")}
+    ]

@@ -40,8 +40,8 @@ import pyarrow.csv as pacsv  # type: ignore[import-untyped]
 from tally.errors import ConfigError, PartitionError
 from tally.kernels import DEFAULT_RECORD_LIMIT
 from tally.kernels.lines import LineChunks
-from tally.queries.expr import Col, to_sql
-from tally.queries.plan import Plan
+from tally.queries.expr import Col, columns_of, normalize_type, to_sql
+from tally.queries.plan import FUNCS, Plan
 
 CHUNK_SIZE = 8 << 20  # bytes of whole lines parsed at a time (bench/groupby_speed.py)
 _EXACT_SUM = ("DECIMAL", "HUGEINT", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT")
@@ -94,6 +94,7 @@ class PartialLayout:
     def __init__(self, plan: Plan) -> None:
         if not plan.bound:
             raise ConfigError("the plan is not bound to its data (see tally.queries.infer.bind)")
+        _check(plan)
         self.plan = plan
         self.used = plan.used_columns()
         self.schema = pa.schema([(field(i), arrow_type(plan.type_of(i))) for i in self.used])
@@ -140,6 +141,23 @@ class PartialLayout:
         keys = ", ".join(f"g{i}" for i in range(len(self.plan.group_by)))
         group = f" GROUP BY {keys}" if keys else ""
         return f"SELECT {', '.join(self.select)} FROM {source}{where}{group}"
+
+
+def _check(plan: Plan) -> None:
+    """ConfigError unless every part of a plan that reaches SQL is one Tally makes."""
+    for name, kind in plan.schema.items():
+        if normalize_type(kind) != kind:
+            raise ConfigError(f"bad type {kind!r} for column {name!r}")
+    if len(plan.delimiter) != 1 or plan.delimiter in "\r\n":
+        raise ConfigError(f"bad delimiter {plan.delimiter!r}")
+    for agg in plan.aggregates:
+        if agg.func not in FUNCS or (agg.arg is None and agg.func != "count"):
+            raise ConfigError(f"bad aggregate {agg.func!r}")
+    columns = [*plan.group_by, *(c for a in plan.aggregates if a.arg for c in columns_of(a.arg))]
+    if plan.where is not None:
+        columns += columns_of(plan.where)
+    if any(not 0 <= c.index < plan.width for c in columns):
+        raise ConfigError("a column of the plan is out of range")
 
 
 def layout_of(plan: Plan) -> PartialLayout:

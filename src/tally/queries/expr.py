@@ -89,6 +89,7 @@ _TYPE_ALIASES = {
     "string": "VARCHAR", "varchar": "VARCHAR", "text": "VARCHAR", "str": "VARCHAR",
     "date": "DATE",
 }  # fmt: skip
+_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _DECIMAL = re.compile(r"(?:decimal|numeric)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?$", re.I)
 
 
@@ -158,17 +159,25 @@ def to_sql(expr: Expr, column: Callable[[Col], str]) -> str:
         if expr.kind == "NULL":
             return "NULL"
         if expr.kind in ("BIGINT", "DECIMAL", "DOUBLE"):
+            if not _NUMBER.fullmatch(expr.text):
+                raise ConfigError(f"bad number literal {expr.text!r}")
             return f"({expr.text})" if expr.text.startswith("-") else expr.text
         if expr.kind == "BOOLEAN":
             return "TRUE" if expr.text == "true" else "FALSE"
         if expr.kind == "DATE":
             return f"DATE {quote_literal(expr.text)}"
+        if expr.kind != "VARCHAR":
+            raise ConfigError(f"bad literal type {expr.kind!r}")
         return quote_literal(expr.text)
     if isinstance(expr, Unary):
+        if expr.op not in ("not", "neg"):
+            raise ConfigError(f"bad operator {expr.op!r}")
         inner = to_sql(expr.arg, column)
         return f"(NOT {inner})" if expr.op == "not" else f"(- {inner})"
     if isinstance(expr, Binary):
-        op = BINARY_OPS[expr.op]
+        op = BINARY_OPS.get(expr.op)
+        if op is None:
+            raise ConfigError(f"bad operator {expr.op!r}")
         return f"({to_sql(expr.left, column)} {op} {to_sql(expr.right, column)})"
     if isinstance(expr, IsNull):
         return f"({to_sql(expr.arg, column)} IS {'NOT ' if expr.negated else ''}NULL)"
