@@ -1,15 +1,17 @@
 """Combining group-by partials exactly, and finalizing them into the result table.
 
-Every partial column combines associatively and exactly, so neither the order in which
-partials arrive nor how rows were split into partials changes the result:
+Every partial column combines associatively and exactly, so the order in which partials
+arrive never changes the result:
 
 * counts add as integers; DECIMAL and integer sums add as DECIMAL(38, s) (DuckDB checks
   overflow); min and max are min and max; count_distinct keeps each group's distinct values
-  and unions them;
+  and unions them. These are also independent of how rows were split into partials.
 * a sum of doubles arrives as one Kahan sum per partial and group. Those are kept as a list
   per group (condensed, when long, into Shewchuk's exact expansion) and added at the end by
   ``math.fsum``, which rounds their exact total once: the digits never depend on the order of
-  merging.
+  merging. How rows were split can move a partial's Kahan sum by its last bit, far below the
+  15 significant digits printed (short of a cancellation of about 16 digits). Numbers with a
+  fixed number of decimals are DECIMAL (see :mod:`tally.queries.infer`), exact throughout.
 
 The merger stays columnar: partials pile up as Arrow tables and are combined by one DuckDB
 aggregation whenever the pile passes ``compact_rows`` rows, and once more at the end.
