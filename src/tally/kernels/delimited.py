@@ -1,0 +1,327 @@
+"""Per-task computation of a group-by over delimited text: bytes in, a partial Arrow table out.
+
+Engine (chosen by measurement, ``bench/groupby_speed.py``): the stream is cut into chunks of
+whole lines (:class:`~tally.kernels.lines.LineChunks`), each chunk is parsed by PyArrow's CSV
+reader on one thread (only the columns the plan reads, straight into their types), and the
+typed batches stream into one DuckDB aggregation per task (one thread), which keeps only its
+hash table: memory stays a few chunks whatever the size of the partition.
+
+Bad rows never crash a task; they are skipped and counted as malformed:
+
+* a wrong number of columns (PyArrow's invalid-row handler),
+* a line longer than the record limit (dropped by the chunker before parsing),
+* a value that does not parse as its column's type. PyArrow refuses such a chunk as a whole;
+  the chunk is then parsed again as text and cast with DuckDB's ``TRY_CAST``, which keeps the
+  good rows. Every value PyArrow accepts, ``TRY_CAST`` accepts with the same result, so a
+  row's fate never depends on which path its chunk took: the semantics are DuckDB's own
+  ``read_csv`` with the same column types (``tests/test_groupby.py`` pins the edge cases).
+
+Empty fields are NULL, as in DuckDB. Fields are not quoted (a quote is an ordinary byte), so
+that a partition can be cut at any newline.
+
+The partial table has one row per group: the keys ``g0, g1, ...`` and, per aggregate ``j``,
+``a{j}_n`` (a count), ``a{j}_s`` (an exact sum: DECIMAL/HUGEINT, or a Kahan sum of doubles),
+``a{j}_v`` (min or max) and ``a{j}_d`` (the group's distinct values, for count_distinct).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import duckdb
+import msgspec
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+import pyarrow.csv as pacsv  # type: ignore[import-untyped]
+
+from tally.errors import ConfigError, PartitionError
+from tally.kernels import DEFAULT_RECORD_LIMIT
+from tally.kernels.lines import LineChunks
+from tally.queries.expr import Col, columns_of, normalize_type, to_sql
+from tally.queries.plan import FUNCS, Plan
+
+CHUNK_SIZE = 8 << 20  # bytes of whole lines parsed at a time (bench/groupby_speed.py)
+_EXACT_SUM = ("DECIMAL", "HUGEINT", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT")
+
+
+@dataclass
+class GroupPartial:
+    """A task's partial aggregate and its accounting: ``lines`` counts non-blank lines (good
+    and malformed), ``malformed`` the skipped ones, ``bytes_read`` the bytes consumed."""
+
+    table: pa.Table
+    lines: int = 0
+    malformed: int = 0
+    bytes_read: int = 0
+
+
+def arrow_type(duck_type: str) -> pa.DataType:
+    if duck_type.startswith("DECIMAL("):
+        precision, scale = duck_type[8:-1].split(",")
+        return pa.decimal128(int(precision), int(scale))
+    return {"BIGINT": pa.int64(), "DOUBLE": pa.float64(), "DATE": pa.date32()}.get(
+        duck_type, pa.string()
+    )
+
+
+def field(index: int) -> str:
+    return f"f{index}"
+
+
+def _column_sql(col: Col) -> str:
+    return field(col.index)
+
+
+_local = threading.local()
+
+
+def connection(purpose: str = "query") -> duckdb.DuckDBPyConnection:
+    """This thread's DuckDB connection for ``purpose``: one thread, no insertion order kept.
+    Casting a chunk happens while the task's query runs, so it has a connection of its own."""
+    con: duckdb.DuckDBPyConnection | None = getattr(_local, purpose, None)
+    if con is None:
+        con = duckdb.connect(config={"threads": 1, "preserve_insertion_order": False})
+        setattr(_local, purpose, con)
+    return con
+
+
+class PartialLayout:
+    """How a bound plan turns into SQL: the input schema, and one aggregation query."""
+
+    def __init__(self, plan: Plan) -> None:
+        if not plan.bound:
+            raise ConfigError("the plan is not bound to its data (see tally.queries.infer.bind)")
+        _check(plan)
+        self.plan = plan
+        self.used = plan.used_columns()
+        self.schema = pa.schema([(field(i), arrow_type(plan.type_of(i))) for i in self.used])
+        self.arg_types = self._describe()
+        self.select = self._select_list()
+
+    def _describe(self) -> list[str]:
+        """The DuckDB type of every aggregate's argument (and a check of the whole plan)."""
+        con = connection()
+        exprs = [to_sql(a.arg, _column_sql) for a in self.plan.aggregates if a.arg is not None]
+        where = to_sql(self.plan.where, _column_sql) if self.plan.where is not None else "TRUE"
+        try:
+            con.register("__tally_empty", self.schema.empty_table())
+            rel = con.sql(f"SELECT {', '.join([*exprs, where])} FROM __tally_empty")
+            types = [str(t) for t in rel.types]
+        except duckdb.Error as e:
+            raise ConfigError(f"bad query: {_one_line(e)}") from None
+        finally:
+            con.unregister("__tally_empty")
+        if types[-1] not in ("BOOLEAN", '"NULL"', "NULL"):
+            raise ConfigError(f"the where clause must be a condition, not a {types[-1]}")
+        it = iter(types)
+        return [next(it) if a.arg is not None else "" for a in self.plan.aggregates]
+
+    def _select_list(self) -> list[str]:
+        items = [f"{field(c.index)} AS g{i}" for i, c in enumerate(self.plan.group_by)]
+        for j, (agg, kind) in enumerate(zip(self.plan.aggregates, self.arg_types, strict=True)):
+            arg = to_sql(agg.arg, _column_sql) if agg.arg is not None else "*"
+            if agg.func == "count":
+                items.append(f"count({arg}) AS a{j}_n")
+            elif agg.func in ("sum", "avg"):
+                if not _numeric(kind):
+                    raise ConfigError(f"{agg.func} needs a number: {agg.name} is {kind}")
+                total = "sum" if kind.startswith(_EXACT_SUM) else "fsum"
+                items += [f"count({arg}) AS a{j}_n", f"{total}({arg}) AS a{j}_s"]
+            elif agg.func in ("min", "max"):
+                items.append(f"{agg.func}({arg}) AS a{j}_v")
+            else:  # count_distinct
+                items.append(f"list(DISTINCT {arg}) FILTER (WHERE {arg} IS NOT NULL) AS a{j}_d")
+        return items
+
+    def query(self, source: str) -> str:
+        where = f" WHERE {to_sql(self.plan.where, _column_sql)}" if self.plan.where else ""
+        keys = ", ".join(f"g{i}" for i in range(len(self.plan.group_by)))
+        group = f" GROUP BY {keys}" if keys else ""
+        return f"SELECT {', '.join(self.select)} FROM {source}{where}{group}"
+
+
+def _check(plan: Plan) -> None:
+    """ConfigError unless every part of a plan that reaches SQL is one Tally makes."""
+    for name, kind in plan.schema.items():
+        if normalize_type(kind) != kind:
+            raise ConfigError(f"bad type {kind!r} for column {name!r}")
+    if len(plan.delimiter) != 1 or plan.delimiter in "\r\n":
+        raise ConfigError(f"bad delimiter {plan.delimiter!r}")
+    for agg in plan.aggregates:
+        if agg.func not in FUNCS or (agg.arg is None and agg.func != "count"):
+            raise ConfigError(f"bad aggregate {agg.func!r}")
+    columns = [*plan.group_by, *(c for a in plan.aggregates if a.arg for c in columns_of(a.arg))]
+    if plan.where is not None:
+        columns += columns_of(plan.where)
+    if any(not 0 <= c.index < plan.width for c in columns):
+        raise ConfigError("a column of the plan is out of range")
+
+
+def layout_of(plan: Plan) -> PartialLayout:
+    """The layout of ``plan``, cached per thread: every task of a job has the same plan."""
+    key = msgspec.msgpack.encode(plan)
+    cache: dict[bytes, PartialLayout] = getattr(_local, "layouts", None) or {}
+    _local.layouts = cache
+    layout = cache.get(key)
+    if layout is None:
+        if len(cache) >= 8:
+            cache.clear()
+        layout = cache[key] = PartialLayout(plan)
+    return layout
+
+
+def _numeric(kind: str) -> bool:
+    return kind.startswith(_EXACT_SUM) or kind in ("DOUBLE", "FLOAT", "REAL")
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class _Parser:
+    """Parses chunks of whole lines into typed batches, counting bad rows."""
+
+    def __init__(self, layout: PartialLayout, block_size: int) -> None:
+        plan = layout.plan
+        self.layout = layout
+        self.rows = 0
+        self.invalid = 0  # wrong number of columns
+        self.unparsable = 0  # a value that is not of its column's type
+        names = [field(i) for i in range(plan.width + plan.trailing_delimiter)]
+        # one block per chunk: a chunk of whole lines is at most chunk_size + record_limit + 1
+        self.read_options = pacsv.ReadOptions(
+            column_names=names, use_threads=False, block_size=block_size
+        )
+        self.parse_options = pacsv.ParseOptions(
+            delimiter=plan.delimiter,
+            quote_char=False,
+            escape_char=False,
+            newlines_in_values=False,
+            ignore_empty_lines=True,
+            invalid_row_handler=self._invalid_row,
+        )
+        include = [field(i) for i in layout.used]
+        common = {"null_values": [""], "strings_can_be_null": True, "include_columns": include}
+        self.typed = pacsv.ConvertOptions(
+            column_types={f.name: f.type for f in layout.schema}, **common
+        )
+        self.as_text = pacsv.ConvertOptions(
+            column_types={f.name: pa.binary() for f in layout.schema}, **common
+        )
+
+    def _invalid_row(self, row: object) -> str:
+        self.invalid += 1
+        return "skip"
+
+    def _read(self, chunk: memoryview, options: pacsv.ConvertOptions) -> pa.Table:
+        return pacsv.read_csv(
+            pa.py_buffer(chunk),
+            read_options=self.read_options,
+            parse_options=self.parse_options,
+            convert_options=options,
+        )
+
+    def parse(self, chunk: memoryview) -> pa.Table:
+        invalid = self.invalid
+        try:
+            table = self._read(chunk, self.typed)
+        except pa.ArrowInvalid:
+            self.invalid = invalid  # the rows are seen again
+            table = self._read(chunk, self.as_text)
+            self.rows += table.num_rows
+            return self._cast(table)
+        self.rows += table.num_rows
+        return table
+
+    def _cast(self, text: pa.Table) -> pa.Table:
+        """Text columns -> the typed schema with DuckDB's TRY_CAST; bad rows dropped, counted."""
+        checks = []
+        for f in self.layout.schema:
+            try:
+                as_str = text[f.name].cast(pa.string())
+            except pa.ArrowInvalid:  # not UTF-8: such values are bad, the others kept
+                values = [_utf8_or_none(v) for v in text[f.name].to_pylist()]
+                bad = pa.array([v is None for v in values], pa.bool_())
+                text = text.append_column(f"bad_{f.name}", pc.and_(bad, text[f.name].is_valid()))
+                as_str = pa.array(values, pa.string())
+                checks.append(f"NOT bad_{f.name}")
+            text = text.set_column(text.schema.get_field_index(f.name), f.name, as_str)
+        casts = []
+        for f in self.layout.schema:
+            duck = self.layout.plan.type_of(int(f.name[1:]))
+            value = f"TRY_CAST({f.name} AS {duck})" if duck != "VARCHAR" else f.name
+            casts.append(f"{value} AS {f.name}")
+            checks.append(f"({f.name} IS NULL OR {value} IS NOT NULL)")
+        con = connection("cast")
+        con.register("__tally_text", text)
+        try:
+            typed = con.sql(
+                f"SELECT {', '.join(casts)} FROM __tally_text WHERE {' AND '.join(checks)}"
+            ).to_arrow_table()
+        finally:
+            con.unregister("__tally_text")
+        self.unparsable += text.num_rows - typed.num_rows
+        return typed.cast(self.layout.schema)
+
+
+def _utf8_or_none(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def compute_partial(
+    plan: Plan,
+    stream: BinaryIO,
+    record_limit: int = DEFAULT_RECORD_LIMIT,
+    *,
+    skip_header: bool | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> GroupPartial:
+    """The partial aggregate of ``plan`` over the whole lines of ``stream``.
+
+    ``skip_header`` (default ``plan.header``) drops the stream's first line: pass False for a
+    byte range that does not start the file. Stream errors propagate as they are; a query
+    that fails on the data (an overflow) is a PartitionError.
+    """
+    layout = layout_of(plan)
+    parser = _Parser(layout, block_size=chunk_size + record_limit + 2)
+    first = plan.header if skip_header is None else skip_header
+    chunks = LineChunks(stream, chunk_size, record_limit, skip_first_line=first)
+    failure: list[BaseException] = []
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            for chunk in chunks:
+                yield from parser.parse(chunk).to_batches()
+        except BaseException as e:  # re-raised below with its own type
+            failure.append(e)
+            raise
+
+    con = connection()
+    reader = pa.RecordBatchReader.from_batches(layout.schema, batches())
+    con.register("__tally_source", reader)
+    try:
+        table = con.sql(layout.query("__tally_source")).to_arrow_table()
+    except duckdb.Error as e:
+        if failure:
+            raise failure[0] from None
+        raise PartitionError(f"query failed on the data: {_one_line(e)}", retryable=False) from None
+    finally:
+        con.unregister("__tally_source")
+    if failure:
+        raise failure[0]
+    malformed = parser.invalid + parser.unparsable + chunks.oversized
+    return GroupPartial(
+        table=table,
+        lines=parser.rows + parser.invalid + chunks.oversized,
+        malformed=malformed,
+        bytes_read=chunks.bytes_read,
+    )
