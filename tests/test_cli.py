@@ -7,7 +7,9 @@ import csv
 import importlib.metadata
 import io
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +145,30 @@ def test_min_workers_above_workers_is_refused_at_once(parts: Path) -> None:
     assert done.stderr.decode().splitlines() == [
         "tally: min workers 3 is more than the 2 workers started: the job would never start"
     ]
+
+
+def test_a_coordinator_beyond_loopback_needs_a_token(parts: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TALLY_TOKEN"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "coordinator", str(parts), "0", "--host", "0.0.0.0"],
+        capture_output=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, b"")
+    assert done.stderr.decode().splitlines() == [
+        "tally: refusing to listen on 0.0.0.0 without a cluster token: "
+        "set TALLY_TOKEN or pass --token-file"
+    ]
+
+
+def test_a_port_in_use_is_one_line(parts: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = tally("coordinator", str(parts), str(port), "-q")
+    assert (done.returncode, done.stdout) == (2, b"")
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tally: cannot listen on 127.0.0.1:{port}: ")
 
 
 # --- results --------------------------------------------------------------------------------
