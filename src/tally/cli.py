@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tally.api import KERNELS, JobFailed, JobOptions, Result
+from tally.api import KERNELS, JobFailed, JobOptions, Result, run_coordinator, run_job
 from tally.errors import ConfigError, TallyError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -301,18 +301,16 @@ def print_result(result: Result, fmt: str) -> None:
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    from tally import api
-
     options = job_options(args)
 
     def show(result: Result) -> None:
         print_result(result, args.format)
 
     if args.command == "run":
-        result = api.run_job(options, on_result=show)
+        result = run_job(options, on_result=show)
     else:
         token = read_token(args)
-        result = api.run_coordinator(options, args.host, args.port, token, on_result=show)
+        result = run_coordinator(options, args.host, args.port, token, on_result=show)
     return EXIT_OK if result.complete else EXIT_PARTIAL
 
 
