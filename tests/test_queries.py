@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
 
 import numpy as np
@@ -49,6 +51,25 @@ def test_domain_query_and_formats() -> None:
     assert format_result(missing, "text") == "0\n"
     rows = merged(QuerySpec("all"), [{b"\xff.ru": 1, "яндекс".encode(): 2}], 1).finalize()
     assert format_result(rows, "text") == "яндекс 2\n\\xff.ru 1\n"
+
+
+def test_csv_and_tsv_quote_as_rfc_4180_says() -> None:
+    counts = {b'say "hi".ru': 3, b"a,b": 2, "яндекс".encode(): 2, b"c\rd": 1, b"\xff.ru": 1}
+    result = merged(QuerySpec("all"), [counts], 1).finalize()
+    assert format_result(result, "csv") == (
+        'domain,count\r\n"say ""hi"".ru",3\r\n"a,b",2\r\nяндекс,2\r\n"c\rd",1\r\n\\xff.ru,1\r\n'
+    )
+    expected = [["domain", "count"], ['say "hi".ru', "3"], ["a,b", "2"], ["яндекс", "2"],
+                ["c\rd", "1"], ["\\xff.ru", "1"]]  # fmt: skip
+    assert list(csv.reader(io.StringIO(format_result(result, "csv"), newline=""))) == expected
+    tsv = format_result(result, "tsv")
+    assert tsv.startswith('domain\tcount\r\n"say ""hi"".ru"\t3\r\na,b\t2\r\n')
+    assert list(csv.reader(io.StringIO(tsv, newline=""), dialect="excel-tab")) == expected
+    one = merged(QuerySpec("domain", domain=b"a,b"), [{b"a,b": 4}], 1).finalize()
+    assert format_result(one, "csv") == 'domain,count\r\n"a,b",4\r\n'
+    assert format_result(one, "tsv") == "domain\tcount\r\na,b\t4\r\n"
+    with pytest.raises(ValueError, match="unknown format"):
+        format_result(one, "xml")
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ Rows are ordered by count descending, then by domain bytes ascending.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 
@@ -138,8 +140,18 @@ def show(domain: bytes) -> str:
     return domain.decode("utf-8", "backslashreplace")
 
 
+FORMATS = ("text", "json", "csv", "tsv")
+
+
 def format_result(result: QueryResult, fmt: str) -> str:
-    """The text printed on stdout (ending with a newline, unless there is nothing to print)."""
+    """The text printed on stdout (ending with a newline, unless there is nothing to print).
+
+    ``text``: ``domain count`` lines (the count alone for a domain query). ``json``: one
+    document with the rows and the accounting. ``csv`` and ``tsv``: a ``domain,count`` header
+    and one row per domain (a single row for a domain query), quoted and ended as RFC 4180
+    says (the csv module's ``excel`` and ``excel-tab`` dialects: CRLF line ends, a field with
+    a delimiter, quote or line break in double quotes).
+    """
     if fmt == "json":
         doc: dict[str, object] = {
             "query": result.query.kind,
@@ -154,6 +166,14 @@ def format_result(result: QueryResult, fmt: str) -> str:
         else:
             doc["rows"] = [{"domain": show(d), "count": n} for d, n in result.rows]
         return json.dumps(doc, ensure_ascii=False) + "\n"
+    if fmt in ("csv", "tsv"):
+        out = io.StringIO()
+        writer = csv.writer(out, dialect="excel" if fmt == "csv" else "excel-tab")
+        writer.writerow(("domain", "count"))
+        writer.writerows((show(d), n) for d, n in result.rows)
+        return out.getvalue()
+    if fmt != "text":
+        raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
     if result.query.kind == "domain":
         return f"{result.rows[0][1]}\n"
     return "".join(f"{show(d)} {n}\n" for d, n in result.rows)
