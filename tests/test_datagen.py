@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from conftest import TOP25_EXPECTED as EXPECTED_TOP25
-from tally.datagen import MALFORMED_FRACTION, PUBLISHED_TOP25, TOP_SHARE, generate, parse_size
+from tally.datagen import (
+    MALFORMED_FRACTION,
+    PUBLISHED_TOP25,
+    TOP_SHARE,
+    foreign_files,
+    generate,
+    parse_size,
+)
 from tally.errors import ConfigError
 from tally.kernels import DomainCounts
 from tally.kernels.reference import count_domains
@@ -83,6 +90,26 @@ def test_bad_arguments(tmp_path: Path, partitions: int, size: int, workers: int)
 def test_negative_seed_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="seed"):
         generate(tmp_path, 1, 1000, seed=-1)
+
+
+def test_an_earlier_data_set_is_replaced_and_other_files_are_kept(tmp_path: Path) -> None:
+    out = (tmp_path / "data").resolve()
+    generate(out, 3, 16 * 1024, seed=1, workers=1)
+    (out / "mine.tsv").write_bytes(b"1\thttp://mine.ru/\n")
+    (out / "part-1.tsv").write_bytes(b"")  # not a name generate writes
+    paths = generate(out, 1, 16 * 1024, seed=2, workers=1)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["filelist.csv", "mine.tsv", "part-00000.tsv", "part-1.tsv"]
+    assert (out / "filelist.csv").read_text() == paths[0].as_uri() + "\n"
+    assert foreign_files(out) == ["mine.tsv", "part-1.tsv"]
+
+
+def test_a_file_in_the_way_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="it is a file, not a folder"):
+        generate(tmp_path / "file", 1, 1000, seed=0)
+    with pytest.raises(ConfigError, match="cannot create"):
+        generate(tmp_path / "file" / "below", 1, 1000, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@ sends, and the output formats."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
 
 import pyarrow as pa
@@ -63,6 +65,25 @@ def table(keys: list[bytes], counts: list[int]) -> pa.Table:
 
 
 ALL = QuerySpec("all")
+
+
+def test_csv_and_tsv_quote_as_rfc_4180_says() -> None:
+    counts = {b'say "hi".ru': 3, b"a,b": 2, "яндекс".encode(): 2, b"c\rd": 1, b"\xff.ru": 1}
+    result = merged(QuerySpec("all"), [counts], 1).finalize()
+    assert format_result(result, "csv") == (
+        'domain,count\r\n"say ""hi"".ru",3\r\n"a,b",2\r\nяндекс,2\r\n"c\rd",1\r\n\\xff.ru,1\r\n'
+    )
+    expected = [["domain", "count"], ['say "hi".ru', "3"], ["a,b", "2"], ["яндекс", "2"],
+                ["c\rd", "1"], ["\\xff.ru", "1"]]  # fmt: skip
+    assert list(csv.reader(io.StringIO(format_result(result, "csv"), newline=""))) == expected
+    tsv = format_result(result, "tsv")
+    assert tsv.startswith('domain\tcount\r\n"say ""hi"".ru"\t3\r\na,b\t2\r\n')
+    assert list(csv.reader(io.StringIO(tsv, newline=""), dialect="excel-tab")) == expected
+    one = merged(QuerySpec("domain", domain=b"a,b"), [{b"a,b": 4}], 1).finalize()
+    assert format_result(one, "csv") == 'domain,count\r\n"a,b",4\r\n'
+    assert format_result(one, "tsv") == "domain\tcount\r\na,b\t4\r\n"
+    with pytest.raises(ValueError, match="unknown format"):
+        format_result(one, "xml")
 
 
 @pytest.mark.parametrize(

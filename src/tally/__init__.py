@@ -1,0 +1,67 @@
+"""Tally: distributed aggregation over partitioned data.
+
+    import tally
+
+    result = tally.run("data/filelist.csv", top=10, workers=2)
+    print(result.rows)
+
+Names are imported when first used, so ``import tally`` loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False  # typing itself costs more to import than the rest of this module
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tally.api import Interrupted, JobFailed, JobOptions, Result, run
+    from tally.errors import ConfigError, TallyError
+
+    __version__: str
+
+__all__ = [
+    "ConfigError",
+    "Interrupted",
+    "JobFailed",
+    "JobOptions",
+    "Result",
+    "TallyError",
+    "__version__",
+    "run",
+]
+
+_HOMES = {
+    "run": "tally.api",
+    "Result": "tally.api",
+    "JobOptions": "tally.api",
+    "JobFailed": "tally.api",
+    "Interrupted": "tally.api",
+    "TallyError": "tally.errors",
+    "ConfigError": "tally.errors",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tally")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+    else:
+        raise AttributeError(f"module 'tally' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

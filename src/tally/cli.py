@@ -1,214 +1,234 @@
-"""The command line: ``tally coordinator | worker | run | gen | report`` (see README.md).
+"""The command line: ``tally coordinator | worker | run | gen | report``.
 
-Exit status: 0 complete result; 1 the job failed (a partition failed too often, a refused
-connection); 2 bad arguments or source; 3 a partial result (``--skip-failed`` skipped
-partitions). Results go to stdout, everything else to stderr.
+A thin layer: arguments become a typed configuration (:class:`tally.api.JobOptions`, a
+worker's or the generator's), the Python API or the runtime does the work, and this module
+prints. Exit status: 0 complete result; 1 the job failed (a partition failed too often, a
+refused connection); 2 bad arguments or source; 3 a partial result (``--skip-failed``
+skipped partitions); 128 + N when signal N ended it. Results go to stdout, the rest to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
-import json
 import logging
+import math
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from tally.api import KERNELS, JobFailed, JobOptions, Result, run_coordinator, run_job
 from tally.errors import ConfigError, TallyError
 
-if TYPE_CHECKING:  # the command line imports what a subcommand needs only when it runs
-    from tally.coordinator import CoordinatorConfig
-    from tally.job import JobSpec, Outcome
-
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+FORMATS = ("text", "json", "csv", "tsv")  # tally.queries.FORMATS, without importing Arrow
 log = logging.getLogger("tally")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+# --- argument types: each says what it expects in its error message -----------------------
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+def _number(
+    kind: type[int] | type[float],
+    low: float,
+    high: float = math.inf,
+    *,
+    above: bool = False,
+    what: str = "",
+    unit: str = "",
+) -> Callable[[str], Any]:
+    what = what or ("a whole number" if kind is int else f"a number of {unit}" if unit else "")
+    bound = f"more than {low:g}" if above else f"at least {low:g}"
+    bound = f"from {low:g} to {high:g}" if high < math.inf else bound
 
-
-def _size(text: str) -> int:
-    from tally.datagen import parse_size
-
-    try:
-        return parse_size(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from exc
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a TCP port is 0 to 65535, not {value}")
-    return value
-
-
-def _bounded(kind: type, low: float, high: float) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {value}")
+    def number(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if not low <= value <= high or (above and value == low):
+            raise argparse.ArgumentTypeError(f"must be {bound}{unit and ' ' + unit}, got {text}")
         return value
 
-    return parse
+    return number
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _size(high: int, low: int = 1) -> Callable[[str], int]:
+    def size(text: str) -> int:
+        from tally.datagen import parse_size
+
+        try:
+            value = parse_size(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+        if not low <= value <= high:
+            lowest = "1 byte" if low == 1 else f"{low} bytes"
+            raise argparse.ArgumentTypeError(
+                f"must be from {lowest} to {high >> 30} GiB, got {text}"
+            )
+        return value
+
+    return size
+
+
+COUNT = _number(int, 1)
+PORT = _number(int, 0, 65535, what="a TCP port number")
+
+
+class _Version(argparse.Action):
+    """``--version``: the version is looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        import tally
+
+        print(f"tally {tally.__version__}")
+        parser.exit()
+
+
+# --- the parser --------------------------------------------------------------------------
+
+
+def _opt(parser: Any, flag: str, metavar: str, kind: Any, default: Any, text: str) -> None:
+    """An option taking a value; its help ends with the default."""
+    shown = (
+        "none" if default is None else format(default, "g" if isinstance(default, float) else "")
+    )
+    text = text if "(default: " in text else f"{text} (default: {shown})"
+    parser.add_argument(flag, metavar=metavar, type=kind, default=default, help=text)
+
+
+def _add_common(parser: argparse.ArgumentParser, token: bool = False) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    parser.add_argument("--token-file", help="file holding the cluster secret (else TALLY_TOKEN)")
+    if token:
+        _opt(parser, "--token-file", "PATH", str, None,
+             "file holding the cluster secret (default: the TALLY_TOKEN variable)")  # fmt: skip
 
 
-def _add_job_options(parser: argparse.ArgumentParser) -> None:
+def _add_job_options(parser: argparse.ArgumentParser, local: bool) -> None:
     query = parser.add_mutually_exclusive_group()
-    query.add_argument("--domain", metavar="D", help="count the lines whose domain is exactly D")
-    query.add_argument(
-        "--top", metavar="K", type=_positive_int, help="the K most frequent domains (default 25)"
+    _opt(query, "--domain", "D", str, None,
+         "count the lines whose domain is exactly D (default: --top 25)")  # fmt: skip
+    _opt(query, "--top", "K", COUNT, None, "the K most frequent domains (default: 25)")
+    query.add_argument("--all", action="store_true", help="every domain, most frequent first")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text: 'domain count' lines; json: one document with the accounting; csv, tsv: "
+        "a domain,count header, quoted as RFC 4180 says (default: text)",
     )
-    query.add_argument("--all", action="store_true", help="every domain")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
-    parser.add_argument("--stats", metavar="PATH", help="write a JSON record of the run")
-    parser.add_argument("--events", metavar="PATH", help="write every attempt's life as JSON lines")
+    _opt(parser, "--stats", "PATH", str, None, "write a JSON record of the run")
+    _opt(parser, "--events", "PATH", str, None, "write every attempt's life as JSON lines")
     parser.add_argument(
         "--skip-failed",
         action="store_true",
-        help="finish with a partial result instead of failing on a bad partition",
+        help="finish with a partial result (exit 3) instead of failing on a bad partition",
     )
-    parser.add_argument(
-        "--max-attempts",
-        type=_positive_int,
-        default=3,
-        metavar="K",
-        help="failures of one partition that fail the job (default 3)",
+    _opt(parser, "--max-attempts", "K", COUNT, 3, "failures of one partition that fail the job")
+    _opt(parser, "--lease-timeout", "S", _number(float, 0.3, 86400, unit="seconds"), 3.0,
+         "seconds of silence after which a worker is lost")  # fmt: skip
+    every = "--workers" if local else "1"
+    _opt(parser, "--min-workers", "N", COUNT, None,
+         f"wait for N workers before assigning work (default: {every})")  # fmt: skip
+    parser.add_argument("--no-speculation", action="store_true", help="never start backup attempts")
+    _opt(parser, "--record-limit", "SIZE", _size(1 << 30), "1MiB",
+         "a longer line is malformed; bytes or a size like 64KiB, 2MB")  # fmt: skip
+    _opt(parser, "--split-size", "SIZE", _size(1 << 50, low=0), "64MiB",
+         "a larger partition runs as line-aligned ranges of about SIZE, one task each; "
+         "0 never splits")  # fmt: skip
+    _opt(parser, "--task-timeout", "S", _number(float, 0.001, unit="seconds"), None,
+         "an attempt without a result after S seconds fails and is retried")  # fmt: skip
+
+
+def _add_task_delay(parser: argparse.ArgumentParser) -> None:
+    _opt(parser, "--task-delay", "S", _number(float, 0, unit="seconds"), 0.0,
+         "fault injection: add S seconds to every task")  # fmt: skip
+
+
+def _subcommand(sub: Any, name: str, text: str, more: str = "") -> argparse.ArgumentParser:
+    made: argparse.ArgumentParser = sub.add_parser(
+        name, help=text, description=f"{text[0].upper()}{text[1:]}. {more}", allow_abbrev=False
     )
-    parser.add_argument(
-        "--lease-timeout",
-        type=_bounded(float, 0.3, 86400),
-        default=3.0,
-        metavar="S",
-        help="seconds of silence after which a worker is lost (default 3)",
-    )
-    parser.add_argument(
-        "--min-workers",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="wait for N workers before assigning work (default 1)",
-    )
-    parser.add_argument(
-        "--no-speculation",
-        action="store_true",
-        help="never start backup attempts for slow partitions",
-    )
-    parser.add_argument(
-        "--task-timeout",
-        type=_positive_float,
-        default=None,
-        metavar="S",
-        help="an attempt without a result after S seconds fails and is retried (default: none)",
-    )
-    parser.add_argument(
-        "--split-size",
-        type=_size,
-        default=64 << 20,
-        metavar="SIZE",
-        help="cut partitions larger than SIZE into line-aligned ranges run as separate tasks "
-        "(default 64MiB; 0 never cuts)",
-    )
-    parser.add_argument(
-        "--record-limit",
-        type=_bounded(int, 1, 1 << 30),
-        default=1 << 20,
-        metavar="BYTES",
-        help="a longer line is malformed (default 1 MiB)",
-    )
+    return made
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tally", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    coord = sub.add_parser("coordinator", help="run one job for the workers that connect")
-    coord.add_argument("source", help="file list, folder or glob of partitions")
-    coord.add_argument("port", type=_port)
-    coord.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    parser = argparse.ArgumentParser(
+        prog="tally",
+        description="Distributed aggregation over partitioned data: "
+        "a coordinator and N workers over TCP.",
+        allow_abbrev=False,
     )
-    _add_job_options(coord)
-    _add_common(coord)
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    source = "file list, folder or glob of partitions (paths or URLs)"
+    kernel = "partition kernel: fast (NumPy and Arrow), reference (plain Python), auto"
 
-    work = sub.add_parser("worker", help="work for a coordinator until its job ends")
-    work.add_argument("host")
-    work.add_argument("port", type=_port)
-    work.add_argument(
-        "--slots",
-        type=_positive_int,
-        default=2,
-        help="tasks held at once, the running one included (default 2)",
-    )
+    coord = _subcommand(sub, "coordinator", "run one job for the workers that connect")
+    coord.add_argument("source", help=source)
+    coord.add_argument("port", type=PORT, help="TCP port to listen on (0: any free port)")
+    _opt(coord, "--host", "HOST", str, "127.0.0.1", "address to listen on")
+    _add_job_options(coord, local=False)
+    _add_common(coord, token=True)
+
+    work = _subcommand(sub, "worker", "work for a coordinator until its job ends")
+    work.add_argument("host", help="the coordinator's host name or address")
+    work.add_argument("port", type=PORT, help="the coordinator's port")
+    _opt(work, "--slots", "N", COUNT, 2, "tasks held at once, the running one included")
     work.add_argument(
         "--kernel",
-        choices=("auto", "fast", "reference"),
+        choices=KERNELS,
         default=os.environ.get("TALLY_KERNEL", "auto"),
-        help="partition kernel (default: TALLY_KERNEL or auto: fast when installed)",
+        help=f"{kernel} (default: TALLY_KERNEL, else auto: fast when installed)",
     )
-    work.add_argument(
-        "--connect-timeout",
-        type=_positive_float,
-        default=60.0,
-        metavar="S",
-        help="give up connecting after S seconds (default 60)",
-    )
-    work.add_argument(
-        "--task-delay",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="fault injection: add S seconds to every task",
-    )
-    work.add_argument(
-        "--slowdown",
-        type=float,
-        default=1.0,
-        metavar="F",
-        help="fault injection: make every task F times slower",
-    )
-    _add_common(work)
+    _opt(work, "--connect-timeout", "S", _number(float, 0, above=True, unit="seconds"), 60.0,
+         "give up connecting after S seconds")  # fmt: skip
+    _add_task_delay(work)
+    _opt(work, "--slowdown", "F", _number(float, 0, above=True, what="a positive number"), 1.0,
+         "fault injection: make every task F times slower")  # fmt: skip
+    _add_common(work, token=True)
 
-    run = sub.add_parser("run", help="coordinator and N local workers on 127.0.0.1")
-    run.add_argument("source")
-    run.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 2)
-    run.add_argument("--kernel", choices=("auto", "fast", "reference"), default="auto")
-    _add_job_options(run)
+    run = _subcommand(sub, "run", "run a coordinator and N local workers on 127.0.0.1")
+    run.add_argument("source", help=source)
+    cpus = os.cpu_count() or 2
+    _opt(run, "--workers", "N", COUNT, None, f"processes to start (default: one per CPU: {cpus})")
+    run.add_argument("--kernel", choices=KERNELS, default="auto", help=f"{kernel} (default: auto)")
+    _add_task_delay(run)
+    _add_job_options(run, local=True)
     _add_common(run)
 
-    gen = sub.add_parser("gen", help="generate a synthetic web-request log")
-    gen.add_argument("out_dir")
-    gen.add_argument("--partitions", type=_positive_int, default=16)
-    gen.add_argument("--partition-size", default="32MiB")
-    gen.add_argument("--seed", type=int, default=1)
+    gen = _subcommand(
+        sub,
+        "gen",
+        "generate a synthetic web-request log",
+        "Writes OUT_DIR/part-NNNNN.tsv and OUT_DIR/filelist.csv. A data set generated into "
+        "OUT_DIR before is replaced: its part-NNNNN.tsv files are rewritten or removed; other "
+        "files are left alone.",
+    )
+    gen.add_argument("out_dir", help="folder to write into (created if missing)")
+    _opt(gen, "--partitions", "N", COUNT, 16, "files to write")
+    _opt(gen, "--partition-size", "SIZE", _size(1 << 40), "32MiB",
+         "bytes per file, or a size like 4MiB")  # fmt: skip
+    _opt(gen, "--seed", "S", _number(int, 0), 1, "the same seed gives the same bytes")
     _add_common(gen)
 
-    rep = sub.add_parser("report", help="run the experiments and write a report with plots")
+    rep = _subcommand(sub, "report", "run the experiments and write a report with plots")
     rep.add_argument("--out", required=True, metavar="DIR", help="where report.md, plots go")
     rep.add_argument("--quick", action="store_true", help="small data: done in under 2 minutes")
-    rep.add_argument("--prices", metavar="TOML", help="price table overriding the defaults")
+    _opt(rep, "--prices", "TOML", str, None, "price table overriding the defaults")
     _add_common(rep)
     return parser
+
+
+# --- running ----------------------------------------------------------------------------
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -240,83 +260,34 @@ def read_token(args: argparse.Namespace) -> bytes:
     return os.environ.get("TALLY_TOKEN", "").strip().encode()
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def coordinator_config(args: argparse.Namespace, token: bytes) -> CoordinatorConfig:
-    from tally.coordinator import CoordinatorConfig
-
-    return CoordinatorConfig(
-        host=getattr(args, "host", "127.0.0.1"),
-        port=getattr(args, "port", 0),
-        token=token,
-        lease_timeout_s=args.lease_timeout,
-        progress=not args.quiet,
-        events=args.events,
-    )
-
-
-def job_spec(args: argparse.Namespace, urls: list[str]) -> JobSpec:
-    from tally.job import JobSpec
-    from tally.jobs.tasks import JobConfig
-    from tally.protocol import QuerySpec
-    from tally.ranges import plan_tasks
-
-    if args.domain is not None:
-        query = QuerySpec("domain", domain=args.domain.encode("utf-8", "surrogateescape"))
-    elif args.all:
-        query = QuerySpec("all")
-    else:
-        query = QuerySpec("top", k=args.top or 25)
-    return JobSpec(
-        tasks=plan_tasks(urls, args.split_size),
-        plan=query,
+def job_options(args: argparse.Namespace) -> JobOptions:
+    return JobOptions(
+        source=args.source,
+        top=args.top,
+        domain=args.domain,
+        all=args.all,
+        workers=getattr(args, "workers", None),
+        kernel=getattr(args, "kernel", "auto"),
+        max_attempts=args.max_attempts,
+        lease_timeout=args.lease_timeout,
+        skip_failed=args.skip_failed,
         record_limit=args.record_limit,
-        config=JobConfig(
-            max_attempts=args.max_attempts,
-            skip_failed=args.skip_failed,
-            min_workers=args.min_workers or getattr(args, "workers", 1),
-            speculate=not args.no_speculation,
-            task_timeout_s=args.task_timeout,
-        ),
+        min_workers=args.min_workers,
+        speculation=not args.no_speculation,
+        stats=args.stats,
+        events=args.events,
+        progress=not args.quiet,
+        task_delay=getattr(args, "task_delay", 0.0),
+        split_size=args.split_size,
+        task_timeout=args.task_timeout,
     )
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """Fail before the job, not after it, when --stats or --events cannot be written."""
-    for option in ("stats", "events"):
-        path = getattr(args, option)
-        if path:
-            try:
-                with open(path, "a", encoding="utf-8"):
-                    pass
-            except OSError as exc:
-                raise ConfigError(f"cannot write --{option} {path}: {exc.strerror}") from exc
-
-
-def _write_records(outcome: Outcome, args: argparse.Namespace) -> None:
-    if args.stats:
-        with open(args.stats, "w", encoding="utf-8") as f:
-            json.dump(outcome.stats, f, indent=2)
-
-
-def report(outcome: Outcome, args: argparse.Namespace) -> int:
-    """Print the result (stdout) and the summary (stderr); write --stats/--events."""
-    from tally.queries import format_result
-
-    _write_records(outcome, args)
-    if outcome.result is None:
-        print(f"tally: job failed: {outcome.error}", file=sys.stderr)
-        return EXIT_FAILED
-    sys.stdout.buffer.write(format_result(outcome.result, args.format).encode("utf-8"))
+def print_result(result: Result, fmt: str) -> None:
+    """The result on stdout; on stderr, the summary and (always) any malformed lines."""
+    sys.stdout.buffer.write(result.format(fmt).encode("utf-8"))
     sys.stdout.flush()
-    st = outcome.stats
+    st = result.stats
     log.info(
         "done in %.3fs: %d partitions, %d lines, %d malformed (skipped), %d attempts, "
         "%d workers lost, %d duplicates dropped",
@@ -328,34 +299,29 @@ def report(outcome: Outcome, args: argparse.Namespace) -> int:
         st["workers_lost"],
         st["duplicates_dropped"],
     )
-    if not outcome.result.complete:
-        failed = outcome.result.failed_partitions
+    if result.malformed:
+        lines = "line" if result.malformed == 1 else "lines"
+        print(f"tally: {result.malformed} malformed {lines} skipped", file=sys.stderr)
+    if not result.complete:
+        failed = result.failed_partitions
         print(
             f"tally: partial result: {len(failed)} partition(s) skipped: {', '.join(failed)}",
             file=sys.stderr,
         )
-        return EXIT_PARTIAL
-    return EXIT_OK
 
 
-async def _coordinate(args: argparse.Namespace) -> int:
-    from tally.coordinator import Coordinator
-    from tally.storage import expand_source
+def _run_job(args: argparse.Namespace) -> int:
+    options = job_options(args)
 
-    token = read_token(args)
-    if not token and not _is_loopback(args.host):
-        raise ConfigError(
-            f"refusing to listen on {args.host} without a cluster token: "
-            "set TALLY_TOKEN or pass --token-file"
-        )
-    check_outputs(args)
-    spec = job_spec(args, expand_source(args.source))
-    coordinator = Coordinator(coordinator_config(args, token))
-    try:
-        await coordinator.start()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
-    return report(await coordinator.run_one(spec), args)
+    def show(result: Result) -> None:
+        print_result(result, args.format)
+
+    if args.command == "run":
+        result = run_job(options, on_result=show)
+    else:
+        token = read_token(args)
+        result = run_coordinator(options, args.host, args.port, token, on_result=show)
+    return EXIT_OK if result.complete else EXIT_PARTIAL
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,14 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args)
     try:
-        if args.command == "coordinator":
-            return asyncio.run(_coordinate(args))
+        if args.command in ("coordinator", "run"):
+            return _run_job(args)
         if args.command == "worker":
             return _work(args)
-        if args.command == "run":
-            from tally.local import run_local
-
-            return asyncio.run(run_local(args))
         if args.command == "gen":
             return _generate(args)
         if args.command == "report":
@@ -383,11 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tally: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     except TallyError as exc:
-        print(f"tally: {exc.message}", file=sys.stderr)
+        failed = "job failed: " if isinstance(exc, JobFailed) else ""
+        print(f"tally: {failed}{exc.message}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("tally: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"tally: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     raise AssertionError(args.command)
 
 
@@ -416,12 +380,12 @@ def _work(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     import time
+    from pathlib import Path
 
-    from tally.datagen import generate, parse_size
+    from tally.datagen import FILELIST, foreign_files, generate
 
-    size = parse_size(args.partition_size)
     started = time.perf_counter()
-    paths = generate(args.out_dir, args.partitions, size, args.seed)
+    paths = generate(args.out_dir, args.partitions, args.partition_size, args.seed)
     elapsed = time.perf_counter() - started
     total = sum(os.path.getsize(p) for p in paths)
     log.info(
@@ -430,8 +394,18 @@ def _generate(args: argparse.Namespace) -> int:
         total / 1e6,
         elapsed,
         total / 1e6 / max(elapsed, 1e-9),
-        os.path.join(args.out_dir, "filelist.csv"),
+        os.path.join(args.out_dir, FILELIST),
     )
+    others = foreign_files(Path(args.out_dir))
+    if others:
+        log.warning(
+            "%s also holds %d other file(s) (%s) that the folder as a source would read; "
+            "%s names the generated partitions alone",
+            args.out_dir,
+            len(others),
+            ", ".join(others[:3]) + (", ..." if len(others) > 3 else ""),
+            os.path.join(args.out_dir, FILELIST),
+        )
     return EXIT_OK
 
 

@@ -117,8 +117,11 @@ class Coordinator:
         """Run one job, then tell every worker to leave."""
         if self._server is None:
             await self.start()
-        run = self.submit(spec)
-        display = ProgressDisplay(len(spec.tasks), self.config.progress)
+        return await self.finish_one(self.submit(spec))
+
+    async def finish_one(self, run: JobRun) -> Outcome:
+        """Wait for a submitted job (showing its progress), then tell every worker to leave."""
+        display = ProgressDisplay(len(run.spec.tasks), self.config.progress)
         progress = asyncio.create_task(self._show_progress(run, display))
         try:
             return await run.wait()

@@ -40,7 +40,7 @@ from urllib.parse import quote
 import numpy as np
 import numpy.typing as npt
 
-from tally.errors import ConfigError
+from tally.errors import ConfigError, TallyError
 
 __all__ = ["PUBLISHED_TOP25", "generate", "parse_size"]
 
@@ -66,6 +66,8 @@ TAILS = 4096  # distinct path-and-query strings
 ID_WIDTH = 20  # 19 digits and a tab
 CHUNK_LINES = 8192  # lines rendered at a time
 
+FILELIST = "filelist.csv"
+_PARTITION_RE = re.compile(r"part-(\d{5,})\.tsv")
 _SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS.update({"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40})
@@ -368,9 +370,10 @@ def generate(
     seed: int,
     workers: int | None = None,
 ) -> list[Path]:
-    """Write ``partitions`` partitions of about ``partition_size`` bytes and ``filelist.csv``.
-
-    Returns the partition paths in order. ``workers`` processes (default: one per CPU) write
+    """Write ``partitions`` partitions of about ``partition_size`` bytes and ``filelist.csv``;
+    return the partition paths in order. A data set generated into ``out_dir`` before is
+    replaced: partitions beyond the new count are removed (files named ``part-NNNNN.tsv``;
+    other files are left alone). ``workers`` processes (default: one per CPU) write
     partitions in parallel; the bytes do not depend on it.
     """
     if partitions < 1:
@@ -384,15 +387,39 @@ def generate(
         raise ConfigError(f"workers must be at least 1, not {workers}")
 
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"cannot generate into {out_dir}: it is a file, not a folder") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out_dir}: {exc.strerror}") from exc
     vocab = build_vocabulary(seed)
     jobs = [(out, seed, index, partition_size) for index in range(partitions)]
     workers = min(workers, partitions)
-    if workers == 1:
-        paths = [_write_partition(vocab, *job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(vocab,)) as pool:
-            paths = list(pool.map(_write_partition_in_worker, jobs))
-    listing = "".join(path.as_uri() + "\n" for path in paths)
-    _write_atomic(out / "filelist.csv", [listing.encode()])
+    try:
+        if workers == 1:
+            paths = [_write_partition(vocab, *job) for job in jobs]
+        else:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(vocab,)) as pool:
+                paths = list(pool.map(_write_partition_in_worker, jobs))
+        for entry in out.iterdir():  # an earlier data set's partitions beyond the new count
+            match = _PARTITION_RE.fullmatch(entry.name)
+            if match and int(match[1]) >= partitions and entry.is_file():
+                entry.unlink()
+        listing = "".join(path.as_uri() + "\n" for path in paths)
+        _write_atomic(out / FILELIST, [listing.encode()])
+    except OSError as exc:
+        raise TallyError(f"cannot write into {out_dir}: {exc.strerror or exc}") from exc
     return paths
+
+
+def foreign_files(out: Path) -> list[str]:
+    """Files in ``out`` that :func:`generate` did not write but a folder source would read."""
+    return sorted(
+        entry.name
+        for entry in out.iterdir()
+        if entry.is_file()
+        and not entry.name.startswith((".", "_"))
+        and entry.name != FILELIST
+        and not _PARTITION_RE.fullmatch(entry.name)
+    )

@@ -1,20 +1,80 @@
-"""``tally run``: a coordinator in this process and N worker processes on 127.0.0.1."""
+"""Running one job in this process: a coordinator and, for ``tally run``, N worker processes
+on 127.0.0.1. SIGINT and SIGTERM end the job and stop those workers before anything exits.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import secrets
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from tally.cli import check_outputs, coordinator_config, job_spec, report
-from tally.coordinator import Coordinator
+from tally.coordinator import Coordinator, CoordinatorConfig
+from tally.errors import ConfigError
+from tally.job import JobSpec, Outcome
+from tally.jobs.tasks import JobConfig
+from tally.ranges import plan_tasks
 from tally.storage import expand_source
+
+if TYPE_CHECKING:
+    from tally.api import JobOptions
 
 log = logging.getLogger("tally.local")
 WORKER_EXIT_GRACE_S = 5.0
+CAUGHT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def coordinator_config(
+    options: JobOptions, token: bytes, host: str = "127.0.0.1", port: int = 0
+) -> CoordinatorConfig:
+    return CoordinatorConfig(
+        host=host,
+        port=port,
+        token=token,
+        lease_timeout_s=options.lease_timeout,
+        progress=options.progress,
+        events=options.events,
+    )
+
+
+def job_spec(options: JobOptions, urls: list[str], min_workers: int = 1) -> JobSpec:
+    """The job ``options`` ask for over the partitions ``urls``."""
+    return JobSpec(
+        tasks=plan_tasks(urls, options.split_size),
+        plan=options.query(),
+        record_limit=options.record_limit,
+        config=JobConfig(
+            max_attempts=options.max_attempts,
+            skip_failed=options.skip_failed,
+            min_workers=options.min_workers or min_workers,
+            speculate=options.speculation,
+            task_timeout_s=options.task_timeout,
+        ),
+    )
+
+
+def check_outputs(options: JobOptions) -> None:
+    """Fail before the job, not after it, when the stats or events file cannot be written."""
+    for option, path in (("stats", options.stats), ("events", options.events)):
+        if path:
+            try:
+                with open(path, "a", encoding="utf-8"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"cannot write --{option} {path}: {exc.strerror}") from exc
+
+
+def write_records(outcome: Outcome, options: JobOptions) -> None:
+    """The stats record (the events were written as they happened)."""
+    if options.stats:
+        with open(options.stats, "w", encoding="utf-8") as f:
+            json.dump(outcome.stats, f, indent=2)
 
 
 async def start_workers(
@@ -36,19 +96,27 @@ async def start_workers(
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,  # stdout carries the result alone
+            start_new_session=True,  # a Ctrl-C at the terminal reaches this process alone
         )
         for _ in range(count)
     ]
 
 
-async def stop_workers(workers: list[asyncio.subprocess.Process]) -> None:
-    """Workers leave by themselves when the job ends; terminate any that lingers."""
+async def stop_workers(workers: list[asyncio.subprocess.Process], terminate: bool) -> None:
+    """Workers leave by themselves when the job ends; with ``terminate`` (the job did not
+    finish) each gets SIGTERM at once. Any that lingers past the grace period is killed."""
+    if terminate:
+        for w in workers:
+            if w.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.terminate()
     try:
         await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), WORKER_EXIT_GRACE_S)
     except TimeoutError:
         for w in workers:
             if w.returncode is None:
-                w.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    w.kill()
         await asyncio.gather(*(w.wait() for w in workers))
 
 
@@ -71,18 +139,92 @@ async def watch_workers(
             return
 
 
-async def run_local(args: argparse.Namespace) -> int:
-    token = secrets.token_hex(16).encode()
-    check_outputs(args)
-    spec = job_spec(args, expand_source(args.source))
-    coordinator = Coordinator(coordinator_config(args, token))
-    port = await coordinator.start()
-    workers = await start_workers(port, args.workers, token, ["--kernel", args.kernel])
-    job = asyncio.create_task(coordinator.run_one(spec))
-    watch = asyncio.create_task(watch_workers(coordinator, workers))
-    try:
-        outcome = await job
-        return report(outcome, args)  # the result first; workers finish leaving meanwhile
-    finally:
-        watch.cancel()
-        await stop_workers(workers)
+class Job:
+    """One job: a coordinator listening on ``host:port`` and ``local_workers`` processes.
+
+    :meth:`run` returns the outcome once the workers have left, after calling
+    ``on_outcome`` with it (so a result can be printed while they leave). :meth:`interrupt`
+    ends the job early: the coordinator aborts it and the workers get SIGTERM.
+    """
+
+    def __init__(
+        self,
+        options: JobOptions,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: bytes | None = None,
+        local_workers: int = 0,
+    ) -> None:
+        self.options = options
+        self.host = host
+        self.port = port
+        self.token = secrets.token_hex(16).encode() if token is None else token
+        self.local_workers = local_workers
+        self.on_outcome: Callable[[Outcome], None] | None = None
+        self.signum: int | None = None  # the signal that interrupted the job
+        self._coordinator: Coordinator | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def interrupt(self, signum: int) -> None:
+        """End the job now (on the job's event loop)."""
+        if self.signum is None:
+            self.signum = signum
+        if self._coordinator is not None:
+            self._coordinator.abort(f"interrupted by {signal.Signals(self.signum).name}")
+
+    def interrupt_threadsafe(self, signum: int) -> None:
+        self.signum = self.signum or signum
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing runs
+                loop.call_soon_threadsafe(self.interrupt, signum)
+
+    async def run(self, catch_signals: bool = False) -> Outcome:
+        self._loop = asyncio.get_running_loop()
+        with self._catching_signals() if catch_signals else contextlib.nullcontext():
+            return await self._run()
+
+    @contextlib.contextmanager
+    def _catching_signals(self) -> Iterator[None]:
+        assert self._loop is not None
+        previous = {sig: signal.getsignal(sig) for sig in CAUGHT_SIGNALS}
+        for sig in CAUGHT_SIGNALS:
+            self._loop.add_signal_handler(sig, self.interrupt, sig)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                self._loop.remove_signal_handler(sig)
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+    async def _run(self) -> Outcome:
+        options = self.options
+        check_outputs(options)
+        spec = job_spec(options, expand_source(options.source), max(1, self.local_workers))
+        config = coordinator_config(options, self.token, self.host, self.port)
+        coordinator = self._coordinator = Coordinator(config)
+        try:
+            port = await coordinator.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
+        submitted = coordinator.submit(spec)
+        if self.signum is not None:  # interrupted while the job was being set up
+            self.interrupt(self.signum)
+        extra = ["--kernel", options.kernel]
+        if options.task_delay:
+            extra += ["--task-delay", repr(options.task_delay)]
+        workers = await start_workers(port, self.local_workers, self.token, extra)
+        job = asyncio.create_task(coordinator.finish_one(submitted))
+        watch = asyncio.create_task(watch_workers(coordinator, workers))
+        outcome: Outcome | None = None
+        try:
+            outcome = await job
+            write_records(outcome, options)
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
+            return outcome
+        finally:
+            watch.cancel()
+            await stop_workers(workers, terminate=outcome is None or outcome.result is None)

@@ -11,7 +11,7 @@ from typing import Any
 
 from tally.protocol import QuerySpec
 from tally.queries.base import Merger, QueryKind, QueryResult, TaskOutput, from_ipc, to_ipc
-from tally.queries.domains import DomainCount, show
+from tally.queries.domains import FORMATS, DomainCount, show
 
 KINDS: dict[type, QueryKind] = {QuerySpec: DomainCount()}
 
@@ -33,6 +33,7 @@ def format_result(result: QueryResult, fmt: str) -> str:
 
 
 __all__ = [
+    "FORMATS",
     "Merger",
     "QueryKind",
     "QueryResult",
