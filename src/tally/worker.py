@@ -308,7 +308,8 @@ class Worker:
         return items
 
     async def _close_after_leaving(self) -> None:
-        if self.conn is not None:
+        conn = self.conn  # the session may end (and forget it) while this waits
+        if conn is not None:
             with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(self.conn.drain(), 2.0)
-            await self.conn.close()
+                await asyncio.wait_for(conn.drain(), 2.0)
+            await conn.close()
