@@ -65,13 +65,14 @@ class JobEntry:
     done_here: int = 0  # tasks committed in this process
     bytes_here: int = 0
     cancelling: bool = False
+    done_before: int = 0  # tasks committed before this process resumed the job
 
     @classmethod
     def from_row(cls, row: st.JobRow) -> JobEntry:
         final = row.state != st.UNFINISHED
         return cls(row.id, row.seq, row.submitted, row.request, row.tasks,
                    row.state if final else None, row.finished, row.error, row.stats,
-                   row.done, row.bytes)  # fmt: skip
+                   row.done, row.bytes, done_before=0 if final else row.done)  # fmt: skip
 
 
 class JobService:
@@ -201,6 +202,8 @@ class JobService:
             CANCELLED if entry.cancelling else SUCCEEDED if outcome.result is not None else FAILED
         )
         finished = time.time()
+        # this process's record, and how many tasks it took from the journal instead
+        outcome.stats["partitions_resumed"] = entry.done_before
         self.store.finish_job(run.id, state, finished, outcome.error, outcome.result,
                               outcome.stats)  # fmt: skip
         entry.state, entry.finished = state, finished
