@@ -101,13 +101,14 @@ async def serve(args: argparse.Namespace, token: bytes) -> int:
     http_port = http_sock.getsockname()[1]
     log.info("serving: workers on %s:%d, HTTP on http://%s:%d, state %s (%d job(s) resumed)",
              args.host, port, args.host, http_port, args.state, len(service.resumed))  # fmt: skip
-    done, _ = await asyncio.wait(
-        [asyncio.create_task(stop.wait()), http], return_when=asyncio.FIRST_COMPLETED
-    )
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopped, http], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
     if http in done:  # the HTTP server stopped by itself: something is wrong
         log.error("the HTTP server stopped: %s", http.exception() or "without an error")
     log.info("stopping: draining for up to %gs", args.drain_timeout)
     await service.drain(args.drain_timeout)
+    service.stopping = True  # event streams end, so the HTTP server can close at once
     server.should_exit = True  # type: ignore[attr-defined]
     with contextlib.suppress(Exception):
         await http

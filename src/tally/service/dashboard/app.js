@@ -3,8 +3,8 @@
 // them as tables and SVG. No build step, no dependencies.
 "use strict";
 
-const WINDOW_S = 60;          // the timeline shows the last minute
-const THROUGHPUT_S = 300;     // the throughput chart the last five minutes
+const WINDOW_S = 60;          // the timeline shows at most the last minute
+const THROUGHPUT_S = 300;     // the throughput chart at most the last five minutes
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const view = {
@@ -35,7 +35,13 @@ function mb(bytes) { return (bytes / 1e6).toFixed(1); }
 function seconds(s) {
   if (s === null || s === undefined) return "—";
   if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + " s";
-  return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+  const min = Math.floor(s / 60), rest = Math.round(s % 60);
+  return min + " min" + (rest ? " " + rest + " s" : "");
+}
+function tail(text, n) { return text.length > n ? "…" + text.slice(text.length - n + 1) : text; }
+// the time span a chart shows: since ``first``, within [least, most] seconds
+function shown(first, least, most) {
+  return Math.min(most, Math.max(least, Math.ceil((view.now - first) / 10) * 10));
 }
 function queryText(q) {
   if (q.top !== undefined) return "top " + q.top;
@@ -109,7 +115,7 @@ function renderJobs() {
     const fill = el("span", { style: "width:" + pct + "%" });
     return el("tr", { "data-job-id": j.id, "data-state": j.state, "data-progress": pct },
       el("td", {}, j.id), el("td", { class: "state-" + j.state }, j.state),
-      el("td", {}, queryText(j.query)), el("td", { class: "source", title: j.source }, j.source),
+      el("td", {}, queryText(j.query)), el("td", { class: "source", title: j.source }, tail(j.source, 40)),
       el("td", {}, el("span", { class: "bar" }, fill),
          el("span", { class: "pct" }, pct + "%"), " " + p.partitions_done + "/" + p.partitions),
       el("td", {}, p.mb_s === null ? "—" : p.mb_s.toFixed(1)),
@@ -119,16 +125,18 @@ function renderJobs() {
 
 function renderThroughput() {
   const chart = document.getElementById("throughput");
-  const W = 900, H = 160, L = 40, B = 20, T = 8;
-  const t1 = view.now, t0 = t1 - THROUGHPUT_S;
+  const W = chart.clientWidth || 900, H = 160, L = 40, B = 20, T = 8;
+  chart.setAttribute("viewBox", "0 0 " + W + " " + H);
+  const span = shown(view.throughput.length ? view.throughput[0][0] : view.now, 60, THROUGHPUT_S);
+  const t1 = view.now, t0 = t1 - span;
   const top = Math.max(1, ...view.throughput.map((p) => p[1])) * 1.1;
-  const x = (t) => L + ((t - t0) / THROUGHPUT_S) * (W - L - 4);
+  const x = (t) => L + ((t - t0) / span) * (W - L - 4);
   const y = (v) => H - B - (v / top) * (H - B - T);
   const nodes = [svg("line", { class: "axis", x1: L, y1: H - B, x2: W, y2: H - B }),
                  svg("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }),
                  svg("text", { class: "axis-label", x: 2, y: T + 10 }, top.toFixed(0)),
                  svg("text", { class: "axis-label", x: 2, y: H - B }, "0"),
-                 svg("text", { class: "axis-label", x: L, y: H - 4 }, "-5 min"),
+                 svg("text", { class: "axis-label", x: L, y: H - 4 }, "-" + seconds(span)),
                  svg("text", { class: "axis-label", x: W - 30, y: H - 4 }, "now")];
   if (view.throughput.length) {
     const pts = view.throughput.map((p) => x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1));
@@ -143,12 +151,15 @@ function renderThroughput() {
 function renderTimeline() {
   const chart = document.getElementById("timeline");
   const lanes = view.workers;
-  const W = 900, L = 150, LANE = 22, AXIS = 18;
+  const W = chart.clientWidth || 900, L = 150, LANE = 22, AXIS = 18;
   const H = Math.max(1, lanes.length) * LANE + AXIS;
   chart.setAttribute("viewBox", "0 0 " + W + " " + H);
   chart.style.height = H + "px";
-  const t1 = view.now, t0 = t1 - WINDOW_S;
-  const x = (t) => L + ((Math.max(t, t0) - t0) / WINDOW_S) * (W - L - 4);
+  let first = view.now;
+  for (const a of view.attempts.values()) first = Math.min(first, a.start);
+  const span = shown(first, 10, WINDOW_S);
+  const t1 = view.now, t0 = t1 - span;
+  const x = (t) => L + ((Math.max(t, t0) - t0) / span) * (W - L - 4);
   const row = new Map(lanes.map((w, i) => [w.id, i]));
   const nodes = [];
   lanes.forEach((w, i) => {
@@ -175,7 +186,7 @@ function renderTimeline() {
                              y2: (i + 1) * LANE - 1 }));
   }
   const base = lanes.length * LANE;
-  nodes.push(svg("text", { class: "axis-label", x: L, y: base + 13 }, "-60 s"));
+  nodes.push(svg("text", { class: "axis-label", x: L, y: base + 13 }, "-" + seconds(span)));
   nodes.push(svg("text", { class: "axis-label", x: W - 30, y: base + 13 }, "now"));
   chart.replaceChildren(...nodes);
 }
