@@ -225,3 +225,18 @@ def test_a_bad_job_request_from_the_client_library(server: Server) -> None:
     assert (refused.value.status, refused.value.message) == (
         400, "sql queries are not supported by this server"
     )  # fmt: skip
+
+
+def test_cancel_ends_a_job_that_a_submit_waits_for(
+    procs: Procs, server: Server, sample_filelist: Path
+) -> None:
+    waiting = procs.start("submit", str(sample_filelist), "--min-workers", "5", "--wait",
+                          "--server", server.url, env=ENV)  # fmt: skip
+    with server.client() as client:
+        [job] = wait_until(client.jobs, what="the job was accepted")
+        assert job["state"] == "queued"  # it waits for five workers
+        code, out, _ = run_cli(procs, "cancel", job["id"], "--server", server.url)
+        assert (code, out) == (0, f"{job['id']} cancelled\n")
+        assert procs.finish(waiting) == (1, "")
+        assert failure_line(procs.stderr(waiting)) == ["tally: job failed: cancelled"]
+        assert client.job(job["id"])["state"] == "cancelled"

@@ -16,8 +16,12 @@ import socket
 import sys
 from collections.abc import Iterator
 
+import uvicorn
+from starlette.applications import Starlette
+
 from tally.coordinator import CoordinatorConfig
 from tally.errors import ConfigError
+from tally.service.api import build_app
 from tally.service.jobs import JobService
 from tally.service.store import StateStore
 
@@ -51,28 +55,27 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from exc
 
 
-def _http_server(app: object, sock: socket.socket) -> object:
-    import uvicorn
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn in an event loop it shares: the service handles SIGTERM and SIGINT itself."""
 
-    class EmbeddedServer(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield  # the service handles SIGTERM and SIGINT itself
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
+
+def _http_server(app: Starlette) -> uvicorn.Server:
     config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         log_config=None,
         log_level="warning",
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=2,
     )
-    return EmbeddedServer(config)
+    return _EmbeddedServer(config)
 
 
 async def serve(args: argparse.Namespace, token: bytes) -> int:
-    from tally.service.api import build_app
-
     if not token and not _is_loopback(args.host):
         raise ConfigError(
             f"refusing to listen on {args.host} without a cluster token: "
@@ -84,6 +87,10 @@ async def serve(args: argparse.Namespace, token: bytes) -> int:
         host=args.host, port=args.port, token=token, lease_timeout_s=args.lease_timeout
     )
     service = JobService(store, config, max_queued=args.max_queued)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # from now on a signal drains
+        loop.add_signal_handler(sig, stop.set)
     try:
         port = await service.start()
     except OSError as exc:
@@ -92,12 +99,8 @@ async def serve(args: argparse.Namespace, token: bytes) -> int:
         raise ConfigError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
         ) from exc
-    server = _http_server(build_app(service, token), http_sock)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    http = asyncio.create_task(server.serve(sockets=[http_sock]))  # type: ignore[attr-defined]
+    server = _http_server(build_app(service, token))
+    http = asyncio.create_task(server.serve(sockets=[http_sock]))
     http_port = http_sock.getsockname()[1]
     log.info("serving: workers on %s:%d, HTTP on http://%s:%d, state %s (%d job(s) resumed)",
              args.host, port, args.host, http_port, args.state, len(service.resumed))  # fmt: skip
@@ -109,7 +112,7 @@ async def serve(args: argparse.Namespace, token: bytes) -> int:
     log.info("stopping: draining for up to %gs", args.drain_timeout)
     await service.drain(args.drain_timeout)
     service.stopping = True  # event streams end, so the HTTP server can close at once
-    server.should_exit = True  # type: ignore[attr-defined]
+    server.should_exit = True
     with contextlib.suppress(Exception):
         await http
     await service.close()
