@@ -36,7 +36,7 @@ def chromium() -> str:
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
             pytest.skip(f"{CHROMIUM} is missing and apt-get cannot install it here (not root)")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        install = ["apt-get", "install", "-y", "chromium"]
         if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
             subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=300)
             done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
