@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 
     from tally.api import Interrupted, JobFailed, JobOptions, Result, run
     from tally.errors import ConfigError, TallyError
+    from tally.service.client import Client
 
     __version__: str
 
 __all__ = [
+    "Client",
     "ConfigError",
     "Interrupted",
     "JobFailed",
@@ -40,6 +42,7 @@ _HOMES = {
     "Interrupted": "tally.api",
     "TallyError": "tally.errors",
     "ConfigError": "tally.errors",
+    "Client": "tally.service.client",
 }
 
 

@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quick", action="store_true", help="small data: done in under 2 minutes")
     _opt(rep, "--prices", "TOML", str, None, "price table overriding the defaults")
     _add_common(rep)
+    from tally.service.commands import add_parsers
+
+    add_parsers(sub)  # serve, submit, jobs, job, cancel
     return parser
 
 
@@ -341,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
             from tally.report import run_report
 
             return run_report(args)
+        from tally.service.commands import SERVICE_COMMANDS, run
+
+        if args.command in SERVICE_COMMANDS:
+            return run(args)
     except ConfigError as exc:
         print(f"tally: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

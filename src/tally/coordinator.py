@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,7 +69,9 @@ class Coordinator:
             first_attempt=config.first_attempt,
             listener=self._on_record,
             reserve=journal.reserve_attempts if journal is not None else None,
+            keep_timeline=not config.serving,  # a service's listeners keep what they need
         )
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.runs: dict[str, JobRun] = {}
         self.conns: dict[int, Connection] = {}
         self.plans_sent: dict[int, set[str]] = {}  # worker -> jobs whose plan it has
@@ -94,19 +97,46 @@ class Coordinator:
         log.info("listening on %s:%d", self.config.host, port)
         return port
 
-    def submit(self, spec: JobSpec, job_id: str | None = None) -> JobRun:
+    def submit(
+        self, spec: JobSpec, job_id: str | None = None, done: dict[int, TaskPartial] | None = None
+    ) -> JobRun:
+        """Start a job; ``done`` holds the partials of tasks committed before (a job resumed
+        from a journal): they are merged now and not run again."""
         run = JobRun(job_id or secrets.token_hex(8), spec, self._now())
         self.runs[run.id] = run
-        log.info("job %s: %d partitions", run.id, len(spec.tasks))
+        done = {task: part for task, part in (done or {}).items() if 0 <= task < len(spec.tasks)}
+        for part in done.values():
+            run.merger.add(part.table, part.lines, part.malformed)
+        log.info("job %s: %d partitions (%d done before)", run.id, len(spec.tasks), len(done))
         self._apply(
             self.scheduler.handle(
-                ev.JobSubmitted(run.id, len(spec.tasks), run.submitted_at, spec.config)
+                ev.JobSubmitted(
+                    run.id, len(spec.tasks), run.submitted_at, spec.config, frozenset(done)
+                )
             )
         )
         return run
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> None:
         self._apply(self.scheduler.handle(ev.JobCancelled(job_id, self._now(), reason)))
+
+    def drain(self) -> None:
+        """Start no more attempts; those running may still finish and commit."""
+        self.scheduler.draining = True
+
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job's state (a long-lived service keeps its own record)."""
+        if job_id not in self.scheduler.active:
+            self.runs.pop(job_id, None)
+            self.scheduler.jobs.pop(job_id, None)
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Hear every event record (an attempt assigned, committed, lost...) as it happens."""
+        self.listeners.append(listener)
+
+    def now(self) -> float:
+        """The clock of event records: seconds since the coordinator started."""
+        return self._now()
 
     def abort(self, reason: str) -> None:
         """Give up on every unfinished job: each ends with ``reason``."""
@@ -176,6 +206,8 @@ class Coordinator:
     def _on_record(self, record: dict[str, Any]) -> None:
         if self.events is not None:
             self.events.write(record)
+        for listener in self.listeners:
+            listener(record)
 
     # --- peers -------------------------------------------------------------------------------
 

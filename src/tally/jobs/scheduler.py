@@ -47,6 +47,7 @@ class Scheduler:
         first_attempt: int = 1,
         listener: Listener | None = None,
         reserve: Callable[[int], None] | None = None,
+        keep_timeline: bool = True,
     ) -> None:
         """``reserve(n)`` is called before any attempt id reaches ``n``: a service journals
         it, and a restart begins at the last ``n`` reserved, so no id is ever issued twice."""
@@ -58,6 +59,8 @@ class Scheduler:
         self.reserve = reserve
         self._reserved = first_attempt  # ids below this may be issued
         self.timeline: list[dict[str, Any]] = []
+        self.keep_timeline = keep_timeline
+        self.draining = False  # a stopping service: start no more attempts
         self.listener = listener
         self.refused: list[str] = []  # reasons peers were disconnected for lying
 
@@ -150,6 +153,9 @@ class Scheduler:
                 job.counters.duplicates_dropped += 1
                 job.record(event.now, "duplicate_dropped", worker=event.worker,
                             attempt=event.attempt)  # fmt: skip
+            else:  # a job this scheduler does not know (forgotten, or before a restart)
+                self._record(event.now, "duplicate_dropped", job=event.job, worker=event.worker,
+                             attempt=event.attempt)  # fmt: skip
             return
         self._forget(attempt)
         actions.append(Commit(job.job, attempt.task, attempt.id, event.worker, event.payload))
@@ -236,6 +242,8 @@ class Scheduler:
             actions.append(finish)
 
     def _dispatch(self, now: float, actions: list[Action]) -> None:
+        if self.draining:
+            return
         waiting = [job for job in self.active.values() if job.wants_slots]
         while waiting:
             room = self.pool.with_room()
@@ -275,7 +283,8 @@ class Scheduler:
 
     def _record(self, now: float, kind: str, **fields: Any) -> None:
         record = {"t": now, "event": kind, **fields}
-        self.timeline.append(record)
+        if self.keep_timeline:
+            self.timeline.append(record)
         if self.listener is not None:
             self.listener(record)
 
