@@ -12,11 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import SAMPLE, reference_output
+from groupby_helpers import run as run_plan
 from tally.coordinator import Coordinator, CoordinatorConfig
 from tally.job import JobRun, JobSpec
 from tally.jobs.tasks import JobConfig
-from tally.protocol import QuerySpec, Task
+from tally.protocol import Plan, QuerySpec, Task
 from tally.queries import format_result
+from tally.queries.groupby_output import format_group_result
+from tally.queries.infer import bind
+from tally.queries.plan import plan_from_flags
 
 TOKEN = b"many-jobs-token"
 
@@ -53,7 +57,11 @@ def output(run: JobRun) -> str:
 
 
 def test_three_jobs_share_a_pool_and_survive_a_killed_worker(sample_filelist: Path) -> None:
-    queries = [QuerySpec("all"), QuerySpec("top", k=7), QuerySpec("domain", domain=b"go.mail")]
+    group_by = bind(
+        plan_from_flags(delimiter="\t", group_by=["2"], aggs=["count", "count_distinct:1"]),
+        SAMPLE.read_bytes(),
+    )
+    queries: list[Plan] = [QuerySpec("all"), QuerySpec("top", k=7), group_by]
 
     async def scenario() -> tuple[list[str], dict[str, int]]:
         coordinator = Coordinator(CoordinatorConfig(token=TOKEN, lease_timeout_s=3.0))
@@ -81,7 +89,9 @@ def test_three_jobs_share_a_pool_and_survive_a_killed_worker(sample_filelist: Pa
                 w.wait()
 
     outputs, lost = asyncio.run(scenario())
-    assert outputs == [reference_output(SAMPLE, q) for q in queries]
+    assert outputs[:2] == [reference_output(SAMPLE, q) for q in queries[:2]]
+    assert outputs[2] == format_group_result(run_plan(group_by, [SAMPLE.read_bytes()]), "text")
+    assert len(outputs[2].splitlines()) > 100  # one row per distinct URL, and a header
     assert list(lost.values()) == [1, 1, 1]
 
 

@@ -16,7 +16,7 @@ TYPE_CHECKING = False  # typing itself costs more to import than the rest of thi
 if TYPE_CHECKING:
     from typing import Any
 
-    from tally.api import Interrupted, JobFailed, JobOptions, Result, run
+    from tally.api import Interrupted, JobFailed, JobOptions, Result, run, sql
     from tally.errors import ConfigError, TallyError
     from tally.service.client import Client
 
@@ -32,10 +32,12 @@ __all__ = [
     "TallyError",
     "__version__",
     "run",
+    "sql",
 ]
 
 _HOMES = {
     "run": "tally.api",
+    "sql": "tally.api",
     "Result": "tally.api",
     "JobOptions": "tally.api",
     "JobFailed": "tally.api",

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 from tally.errors import ConfigError, TallyError
 
 if TYPE_CHECKING:
-    from tally.coordinator import Outcome
+    from tally.groupby_options import GroupByOptions
+    from tally.job import Outcome
     from tally.local import Job
-    from tally.protocol import QuerySpec
     from tally.queries import QueryResult
 
-__all__ = ["Interrupted", "JobFailed", "JobOptions", "Result", "run"]
+__all__ = ["Interrupted", "JobFailed", "JobOptions", "Result", "run", "sql"]
 
 KERNELS = ("auto", "fast", "reference")
 DEFAULT_TOP = 25
@@ -114,6 +114,7 @@ class JobOptions:
     task_delay: float = 0.0  # fault injection: seconds added to every task of a local worker
     split_size: int = DEFAULT_SPLIT_SIZE  # larger partitions run as ranges; 0: never split
     task_timeout: float | None = None  # an attempt running longer fails and is retried
+    group_by: GroupByOptions | None = None  # a group-by over delimited files instead
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -138,6 +139,7 @@ class JobOptions:
         _whole("split size", self.split_size, 0)
         if self.task_timeout is not None:
             _seconds("task timeout", self.task_timeout, 0.001)
+        self.query()  # a bad group-by or SQL fails here, before anything starts
 
     @property
     def local_workers(self) -> int:
@@ -150,9 +152,14 @@ class JobOptions:
             )
         return count
 
-    def query(self) -> QuerySpec:
+    def query(self) -> Any:
+        """The plan of the job: a group-by (not yet bound to the data) or a domain count."""
         from tally.protocol import QuerySpec
 
+        if self.group_by is not None and self.group_by.wanted:
+            if self.domain is not None or self.top is not None or self.all:
+                raise ConfigError("choose one query: a group-by, or domain, top or all")
+            return self.group_by.source_and_plan()[1]
         if self.domain is not None:
             return QuerySpec("domain", domain=self.domain.encode("utf-8", "surrogateescape"))
         if self.all:
@@ -293,6 +300,33 @@ def run(
         task_timeout=task_timeout,
     )
     return run_job(options)
+
+
+def sql(
+    query: str,
+    *,
+    workers: int | None = None,
+    columns: str | list[str] | None = None,
+    header: bool = False,
+    delimiter: str | None = None,
+    schema: str | None = None,
+    split_size: int | str = DEFAULT_SPLIT_SIZE,
+    **options: Any,
+) -> Result:
+    """Answer a group-by in SQL (``SELECT ... FROM 'SOURCE' ... GROUP BY ...``) as
+    ``tally sql`` does; ``options`` are those of :func:`run`. ``rows`` are the output
+    columns' values (decimals as :class:`decimal.Decimal`); ``to_arrow()`` gives the table."""
+    from tally.groupby_options import GroupByOptions
+
+    names = ",".join(columns) if isinstance(columns, list) else columns
+    group_by = GroupByOptions(sql=query, columns=names, header=header, delimiter=delimiter,
+                              schema=schema)  # fmt: skip
+    source = group_by.source_and_plan()[0] or ""
+    if "record_limit" in options:
+        options["record_limit"] = to_bytes("record limit", options["record_limit"])
+    job = JobOptions(source=source, workers=workers, group_by=group_by,
+                     split_size=to_bytes("split size", split_size, low=0), **options)  # fmt: skip
+    return run_job(job)
 
 
 def run_job(options: JobOptions, on_result: Callable[[Result], None] | None = None) -> Result:

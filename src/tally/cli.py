@@ -21,6 +21,8 @@ from typing import Any
 
 from tally.api import KERNELS, JobFailed, JobOptions, Result, run_coordinator, run_job
 from tally.errors import ConfigError, TallyError
+from tally.groupby_options import add_flags as add_groupby_flags
+from tally.groupby_options import options_of as groupby_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 FORMATS = ("text", "json", "csv", "tsv")  # tally.queries.FORMATS, without importing Arrow
@@ -112,18 +114,20 @@ def _add_common(parser: argparse.ArgumentParser, token: bool = False) -> None:
              "file holding the cluster secret (default: the TALLY_TOKEN variable)")  # fmt: skip
 
 
-def _add_job_options(parser: argparse.ArgumentParser, local: bool) -> None:
-    query = parser.add_mutually_exclusive_group()
-    _opt(query, "--domain", "D", str, None,
-         "count the lines whose domain is exactly D (default: --top 25)")  # fmt: skip
-    _opt(query, "--top", "K", COUNT, None, "the K most frequent domains (default: 25)")
-    query.add_argument("--all", action="store_true", help="every domain, most frequent first")
+def _add_job_options(parser: argparse.ArgumentParser, local: bool, sql: bool = False) -> None:
+    if not sql:
+        query = parser.add_mutually_exclusive_group()
+        _opt(query, "--domain", "D", str, None,
+             "count the lines whose domain is exactly D (default: --top 25)")  # fmt: skip
+        _opt(query, "--top", "K", COUNT, None, "the K most frequent domains (default: 25)")
+        query.add_argument("--all", action="store_true", help="every domain, most frequent first")
+    add_groupby_flags(parser, sql=sql)
     parser.add_argument(
         "--format",
         choices=FORMATS,
         default="text",
-        help="text: 'domain count' lines; json: one document with the accounting; csv, tsv: "
-        "a domain,count header, quoted as RFC 4180 says (default: text)",
+        help="text: 'domain count' lines (a group-by: an aligned table); json: one document "
+        "with the accounting; csv, tsv: a header row, then the rows (default: text)",
     )
     _opt(parser, "--stats", "PATH", str, None, "write a JSON record of the run")
     _opt(parser, "--events", "PATH", str, None, "write every attempt's life as JSON lines")
@@ -196,14 +200,30 @@ def build_parser() -> argparse.ArgumentParser:
          "fault injection: make every task F times slower")  # fmt: skip
     _add_common(work, token=True)
 
-    run = _subcommand(sub, "run", "run a coordinator and N local workers on 127.0.0.1")
-    run.add_argument("source", help=source)
     cpus = os.cpu_count() or 2
-    _opt(run, "--workers", "N", COUNT, None, f"processes to start (default: one per CPU: {cpus})")
-    run.add_argument("--kernel", choices=KERNELS, default="auto", help=f"{kernel} (default: auto)")
-    _add_task_delay(run)
-    _add_job_options(run, local=True)
-    _add_common(run)
+    for name in ("run", "sql"):
+        local = _subcommand(
+            sub,
+            name,
+            "run a coordinator and N local workers on 127.0.0.1"
+            if name == "run"
+            else "answer a SQL group-by query with a coordinator and N local workers",
+            ""
+            if name == "run"
+            else "QUERY is SELECT ... FROM 'SOURCE' [WHERE ...] "
+            "[GROUP BY ...] [ORDER BY ...] [LIMIT N] over one source of delimited files.",
+        )
+        if name == "run":
+            local.add_argument("source", help=source)
+        else:
+            local.add_argument("sql", metavar="QUERY", help="the query, in SQL")
+        _opt(local, "--workers", "N", COUNT, None,
+             f"processes to start (default: one per CPU: {cpus})")  # fmt: skip
+        local.add_argument("--kernel", choices=KERNELS, default="auto",
+                           help=f"{kernel} (default: auto)")  # fmt: skip
+        _add_task_delay(local)
+        _add_job_options(local, local=True, sql=name == "sql")
+        _add_common(local)
 
     gen = _subcommand(
         sub,
@@ -264,11 +284,14 @@ def read_token(args: argparse.Namespace) -> bytes:
 
 
 def job_options(args: argparse.Namespace) -> JobOptions:
+    group_by = groupby_options(args)
+    source = args.source if args.command != "sql" else group_by.source_and_plan()[0]
     return JobOptions(
-        source=args.source,
-        top=args.top,
-        domain=args.domain,
-        all=args.all,
+        source=source or "",
+        top=getattr(args, "top", None),
+        domain=getattr(args, "domain", None),
+        all=getattr(args, "all", False),
+        group_by=group_by,
         workers=getattr(args, "workers", None),
         kernel=getattr(args, "kernel", "auto"),
         max_attempts=args.max_attempts,
@@ -319,7 +342,7 @@ def _run_job(args: argparse.Namespace) -> int:
     def show(result: Result) -> None:
         print_result(result, args.format)
 
-    if args.command == "run":
+    if args.command in ("run", "sql"):
         result = run_job(options, on_result=show)
     else:
         token = read_token(args)
@@ -334,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args)
     try:
-        if args.command in ("coordinator", "run"):
+        if args.command in ("coordinator", "run", "sql"):
             return _run_job(args)
         if args.command == "worker":
             return _work(args)

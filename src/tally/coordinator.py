@@ -107,7 +107,8 @@ class Coordinator:
         done = {task: part for task, part in (done or {}).items() if 0 <= task < len(spec.tasks)}
         for part in done.values():
             run.merger.add(part.table, part.lines, part.malformed)
-        log.info("job %s: %d partitions (%d done before)", run.id, len(spec.tasks), len(done))
+        before = f" ({len(done)} done before a restart)" if done else ""
+        log.info("job %s: %d partitions%s", run.id, len(spec.tasks), before)
         self._apply(
             self.scheduler.handle(
                 ev.JobSubmitted(

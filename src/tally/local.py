@@ -16,17 +16,20 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from tally.coordinator import Coordinator, CoordinatorConfig
-from tally.errors import ConfigError
+from tally.errors import ConfigError, TallyError
 from tally.job import JobSpec, Outcome
 from tally.jobs.tasks import JobConfig
+from tally.queries.infer import bind
+from tally.queries.plan import Plan as GroupByPlan
 from tally.ranges import plan_tasks
-from tally.storage import expand_source
+from tally.storage import expand_source, open_partition
 
 if TYPE_CHECKING:
     from tally.api import JobOptions
 
 log = logging.getLogger("tally.local")
 WORKER_EXIT_GRACE_S = 5.0
+SAMPLE_BYTES = 1 << 20  # what a group-by reads to learn the columns and their types
 CAUGHT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -44,10 +47,14 @@ def coordinator_config(
 
 
 def job_spec(options: JobOptions, urls: list[str], min_workers: int = 1) -> JobSpec:
-    """The job ``options`` ask for over the partitions ``urls``."""
+    """The job ``options`` ask for over the partitions ``urls``; a group-by is bound to the
+    first lines of the first partition (column names, count, types)."""
+    plan = options.query()
+    if isinstance(plan, GroupByPlan) and not plan.bound:
+        plan = bind(plan, sample_of(urls[0]))
     return JobSpec(
         tasks=plan_tasks(urls, options.split_size),
-        plan=options.query(),
+        plan=plan,
         record_limit=options.record_limit,
         config=JobConfig(
             max_attempts=options.max_attempts,
@@ -68,6 +75,18 @@ def check_outputs(options: JobOptions) -> None:
                     pass
             except OSError as exc:
                 raise ConfigError(f"cannot write --{option} {path}: {exc.strerror}") from exc
+
+
+def sample_of(url: str, size: int = SAMPLE_BYTES) -> bytes:
+    """The whole lines among the first ``size`` bytes of ``url`` (ConfigError if unreadable)."""
+    try:
+        with open_partition(url) as stream:
+            data = stream.read(size)
+    except TallyError as exc:
+        raise ConfigError(f"cannot read the first lines of {url}: {exc.message}") from exc
+    if len(data) == size and b"\n" in data:
+        data = data[: data.rindex(b"\n") + 1]
+    return bytes(data)
 
 
 def write_records(outcome: Outcome, options: JobOptions) -> None:

@@ -13,6 +13,7 @@ from typing import Literal
 import msgspec
 
 from tally.errors import ProtocolError, TallyError
+from tally.queries.plan import Plan as GroupByPlan
 
 PROTOCOL_VERSION = 2  # 2: jobs apart from the cluster; Arrow IPC partials
 HEADER = struct.Struct(">I")
@@ -72,7 +73,7 @@ class QuerySpec(msgspec.Struct, frozen=True, tag_field="plan", tag="domains"):
     k: int = 25  # for kind == "top"
 
 
-Plan = QuerySpec
+Plan = QuerySpec | GroupByPlan  # what a job's tasks compute, by query kind
 
 
 class JobPlan(Message, tag="plan"):

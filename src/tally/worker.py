@@ -251,7 +251,7 @@ class Worker:
                 raise ProtocolError(f"no plan for job {assign.job_id}", retryable=True)
             with prefetch.take(assign.attempt, task) as stream:
                 output = kind_of(job.plan).compute(
-                    job.plan, stream, job.record_limit, self.config.kernel
+                    job.plan, stream, job.record_limit, self.config.kernel, task.start == 0
                 )
             self._inject_delay(time.perf_counter() - started)
             table = to_ipc(output.table)

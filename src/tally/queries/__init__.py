@@ -2,21 +2,31 @@
 
 Each kind (:class:`tally.queries.base.QueryKind`) computes a per-task partial (an Arrow
 table), checks partials, merges them exactly in any order, finalizes and formats the
-result. ``domains`` is the domain count of the reference job.
+result. ``domains`` is the domain count of the reference job; ``groupby_kind`` runs group-by
+aggregates over delimited files. The registry is loaded when first asked, so that the plans
+(which :mod:`tally.protocol` carries) can be imported without it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tally.protocol import QuerySpec
-from tally.queries.base import Merger, QueryKind, QueryResult, TaskOutput, from_ipc, to_ipc
-from tally.queries.domains import FORMATS, DomainCount, show
-
-KINDS: dict[type, QueryKind] = {QuerySpec: DomainCount()}
+from tally.queries.base import (
+    FORMATS,
+    Merger,
+    QueryKind,
+    QueryResult,
+    TaskOutput,
+    from_ipc,
+    show,
+    to_ipc,
+)
 
 
 def kind_of(plan: Any) -> QueryKind:
+    """The query kind that runs ``plan``."""
+    from tally.queries.registry import KINDS
+
     try:
         return KINDS[type(plan)]
     except KeyError:

@@ -18,6 +18,13 @@ import pyarrow as pa  # type: ignore[import-untyped]
 
 from tally.errors import ProtocolError
 
+FORMATS = ("text", "json", "csv", "tsv")
+
+
+def show(domain: bytes) -> str:
+    """Bytes as UTF-8 text; invalid bytes appear as ``\\xff``, never dropped."""
+    return domain.decode("utf-8", "backslashreplace")
+
 
 @dataclass
 class TaskOutput:
@@ -75,8 +82,11 @@ class QueryResult:
 
 
 class Merger(Protocol):
-    lines: int
-    malformed: int
+    @property
+    def lines(self) -> int: ...
+
+    @property
+    def malformed(self) -> int: ...
 
     def add(self, table: pa.Table | None, lines: int, malformed: int) -> None: ...
 
@@ -86,8 +96,11 @@ class Merger(Protocol):
 class QueryKind(Protocol):
     """One kind of query: everything the worker and the coordinator need to run it."""
 
-    def compute(self, plan: Any, stream: BinaryIO, record_limit: int, kernel: str) -> TaskOutput:
-        """Worker side: a task's bytes to its partial."""
+    def compute(
+        self, plan: Any, stream: BinaryIO, record_limit: int, kernel: str, at_start: bool
+    ) -> TaskOutput:
+        """Worker side: a task's bytes to its partial (``at_start``: the stream begins at
+        the partition's first byte, so a header line would be there)."""
         ...
 
     def check(self, plan: Any, table: pa.Table | None, lines: int, malformed: int) -> None:

@@ -20,10 +20,9 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 from tally.errors import ProtocolError
 from tally.kernels import DomainCounts
 from tally.protocol import QuerySpec
-from tally.queries.base import QueryResult, TaskOutput, check_lines
+from tally.queries.base import FORMATS, QueryResult, TaskOutput, check_lines, show
 
 SCHEMA = pa.schema([("key", pa.binary(), False), ("n", pa.int64(), False)])
-FORMATS = ("text", "json", "csv", "tsv")
 _LINE_OR_COLUMN_BREAK = re.compile(rb"[\t\n]")
 MAX_LINES = 1 << 62  # more lines than any job has: a sum below it cannot overflow int64
 
@@ -55,7 +54,7 @@ class DomainCount:
     """The query kind of :class:`tally.protocol.QuerySpec` plans."""
 
     def compute(
-        self, plan: QuerySpec, stream: BinaryIO, record_limit: int, kernel: str
+        self, plan: QuerySpec, stream: BinaryIO, record_limit: int, kernel: str, at_start: bool
     ) -> TaskOutput:
         only = plan.domain if plan.kind == "domain" else None
         counts = load_kernel(kernel)(stream, only=only, record_limit=record_limit)
@@ -153,11 +152,6 @@ class DomainMerger:
                 order = order[: self.plan.k]
             table = table.take(order).rename_columns(["domain", "count"])
         return QueryResult(self.plan, table, self.lines, self.malformed, failed_partitions or [])
-
-
-def show(domain: bytes) -> str:
-    """Domain bytes as UTF-8 text; invalid bytes appear as ``\\xff``, never dropped."""
-    return domain.decode("utf-8", "backslashreplace")
 
 
 def format_domains(result: QueryResult, fmt: str) -> str:

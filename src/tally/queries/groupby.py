@@ -75,6 +75,16 @@ def decode_partial(data: bytes | memoryview) -> GroupPartial:
     return GroupPartial(table.replace_schema_metadata(None), *counts)
 
 
+def check_layout(plan: Plan, schema: pa.Schema) -> None:
+    """ProtocolError unless a partial's columns are the ones ``plan``'s tasks make."""
+    expected = [f"g{i}" for i in range(len(plan.group_by))]
+    for j, agg in enumerate(plan.aggregates):
+        parts = {"count": "n", "sum": "ns", "avg": "ns", "min": "v", "max": "v"}
+        expected += [f"a{j}_{p}" for p in parts.get(agg.func, "d")]
+    if schema.names != expected:
+        raise ProtocolError(f"a group-by partial has columns {schema.names}, not {expected}")
+
+
 class GroupMerger:
     """Merges the partials of one plan: ``add(partial)`` any number of times, then ``result()``."""
 
@@ -118,12 +128,7 @@ class GroupMerger:
             self._compact()
 
     def _check_layout(self, schema: pa.Schema) -> None:
-        expected = [f"g{i}" for i in range(len(self.plan.group_by))]
-        for j, agg in enumerate(self.plan.aggregates):
-            parts = {"count": "n", "sum": "ns", "avg": "ns", "min": "v", "max": "v"}
-            expected += [f"a{j}_{p}" for p in parts.get(agg.func, "d")]
-        if schema.names != expected:
-            raise ProtocolError(f"a group-by partial has columns {schema.names}, not {expected}")
+        check_layout(self.plan, schema)
 
     def _compact(self) -> pa.Table:
         if self._schema is None:

@@ -35,7 +35,9 @@ class OrderKey(msgspec.Struct, frozen=True):
     descending: bool = False
 
 
-class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Plan(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="plan", tag="groupby"
+):
     delimiter: str = ","
     header: bool = False
     names: tuple[str, ...] | None = None  # every column's name, if known

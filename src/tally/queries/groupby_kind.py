@@ -1,0 +1,66 @@
+"""The group-by kind: aggregates over delimited files (see docs/groupby.md) on the query
+plugin interface. The work is done by :mod:`tally.kernels.delimited` (per task),
+:mod:`tally.queries.groupby` (merge and finalize) and :mod:`tally.queries.groupby_output`."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from tally.kernels.delimited import GroupPartial, compute_partial
+from tally.queries.base import QueryResult, TaskOutput, check_lines
+from tally.queries.groupby import GroupMerger, GroupResult, check_layout
+from tally.queries.groupby_output import format_group_result
+from tally.queries.plan import Plan
+
+
+class GroupBy:
+    def compute(
+        self, plan: Plan, stream: BinaryIO, record_limit: int, kernel: str, at_start: bool
+    ) -> TaskOutput:
+        partial = compute_partial(plan, stream, record_limit, skip_header=plan.header and at_start)
+        table = partial.table if partial.table.num_rows else None
+        return TaskOutput(table, partial.lines, partial.malformed, partial.bytes_read)
+
+    def check(self, plan: Plan, table: pa.Table | None, lines: int, malformed: int) -> None:
+        check_lines(lines, malformed)
+        if table is not None:
+            check_layout(plan, table.schema)
+
+    def merger(self, plan: Plan) -> GroupByMerger:
+        return GroupByMerger(plan)
+
+    def format(self, result: QueryResult, fmt: str) -> str:
+        return format_group_result(
+            GroupResult(result.table, result.lines, result.malformed, result.failed_partitions),
+            fmt,
+        )
+
+
+class GroupByMerger:
+    """:class:`GroupMerger` on the merger interface of every kind."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._merger = GroupMerger(plan)
+
+    @property
+    def lines(self) -> int:
+        return self._merger.lines
+
+    @property
+    def malformed(self) -> int:
+        return self._merger.malformed
+
+    def add(self, table: pa.Table | None, lines: int, malformed: int) -> None:
+        if table is None:  # a task without rows: only its accounting
+            self._merger.lines += lines
+            self._merger.malformed += malformed
+            return
+        self._merger.add(GroupPartial(table, lines, malformed))
+
+    def finalize(self, failed_partitions: list[str] | None = None) -> QueryResult:
+        done = self._merger.result(failed_partitions or [])
+        return QueryResult(self.plan, done.table, done.lines, done.malformed,
+                           list(done.failed_partitions))  # fmt: skip
