@@ -241,6 +241,7 @@ def coordinator_config(args: argparse.Namespace, token: bytes) -> CoordinatorCon
         token=token,
         record_limit=args.record_limit,
         progress=not args.quiet,
+        events=args.events,
         scheduler=SchedulerConfig(
             max_attempts=args.max_attempts,
             lease_timeout_s=args.lease_timeout,
@@ -267,14 +268,10 @@ def _write_records(outcome: Outcome, args: argparse.Namespace) -> None:
     if args.stats:
         with open(args.stats, "w", encoding="utf-8") as f:
             json.dump(outcome.stats, f, indent=2)
-    if args.events:
-        with open(args.events, "w", encoding="utf-8") as f:
-            for record in outcome.timeline:
-                f.write(json.dumps(record) + "\n")
 
 
 def report(outcome: Outcome, args: argparse.Namespace) -> int:
-    """Print the result (stdout) and the summary (stderr); write --stats/--events."""
+    """Print the result (stdout) and the summary (stderr); write --stats."""
     from tally.queries import format_result
 
     _write_records(outcome, args)

@@ -6,15 +6,17 @@ time into scheduler events, and carries out the scheduler's actions. All decisio
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from tally import protocol as p
 from tally import scheduler as s
-from tally.errors import ProtocolError
+from tally.errors import ConfigError, ProtocolError
 from tally.kernels import DEFAULT_RECORD_LIMIT
 from tally.net import Connection, accept_handshake
 from tally.progress import ProgressDisplay, Snapshot
@@ -34,6 +36,7 @@ class CoordinatorConfig:
     scheduler: s.SchedulerConfig = field(default_factory=s.SchedulerConfig)
     record_limit: int = DEFAULT_RECORD_LIMIT
     progress: bool = False  # a progress bar (or periodic log line) on stderr
+    events: str | None = None  # a file that receives every event record as it happens
 
     @property
     def heartbeat_s(self) -> float:
@@ -48,6 +51,27 @@ class Outcome:
     error: str | None
     stats: dict[str, Any]
     timeline: list[dict[str, Any]]
+
+
+class EventFile:
+    """The scheduler's event records as JSON lines, each written and flushed as it happens, so
+    that the file can be followed while the job runs."""
+
+    def __init__(self, path: str) -> None:
+        self.written = 0  # records of the timeline already in the file
+        try:
+            self._file: TextIO = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except OSError as exc:
+            raise ConfigError(f"cannot write --events {path}: {exc.strerror}") from exc
+
+    def follow(self, timeline: list[dict[str, Any]]) -> None:
+        """Write the records added to ``timeline`` since the last call."""
+        for record in timeline[self.written :]:
+            self._file.write(json.dumps(record) + "\n")  # line-buffered: flushed per record
+            self.written += 1
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class Coordinator:
@@ -65,11 +89,14 @@ class Coordinator:
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
         self._wall0 = time.time()
+        self._events: EventFile | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> int:
         """Listen; return the bound port."""
+        if self.config.events and self._events is None:
+            self._events = EventFile(self.config.events)
         self._server = await asyncio.start_server(
             self._serve_peer, self.config.host, self.config.port, limit=1 << 20
         )
@@ -95,6 +122,7 @@ class Coordinator:
         finally:
             ticker.cancel()
             await self._shutdown()
+            self._close_events()
         return self._outcome()
 
     def abort(self, reason: str) -> None:
@@ -239,6 +267,7 @@ class Coordinator:
     # --- actions -----------------------------------------------------------------------------
 
     def _apply(self, actions: list[s.Action]) -> None:
+        self._follow_events()
         try:
             self._carry_out(actions)
         except Exception as exc:  # a bug here must end the job with a reason, not hang it
@@ -265,6 +294,21 @@ class Coordinator:
                     self.merger.add(payload)
                 case s.Finish():
                     self._finished.set()
+
+    def _follow_events(self) -> None:
+        if self._events is None:
+            return
+        try:
+            self._events.follow(self.scheduler.timeline)
+        except OSError as exc:  # records missing from the file would tell a wrong story
+            self._close_events()
+            self.abort(f"cannot write --events {self.config.events}: {exc.strerror or exc}")
+
+    def _close_events(self) -> None:
+        if self._events is not None:
+            events, self._events = self._events, None
+            with contextlib.suppress(OSError):
+                events.close()
 
     # --- results -----------------------------------------------------------------------------
 

@@ -243,9 +243,10 @@ class Scheduler:
     def _join(self, event: WorkerJoined, actions: list[Action]) -> None:
         slots = min(max(1, event.slots), MAX_SLOTS)  # no worker may take the whole queue
         self.workers[event.worker] = WorkerState(event.worker, event.name, slots, event.now)
-        self._record(event.now, "joined", worker=event.worker)
+        self._record(event.now, "joined", worker=event.worker, name=event.name)
         if not self.started and len(self.workers) >= self.config.min_workers:
             self.started_at = event.now
+            self._record(event.now, "ready", workers=len(self.workers))
 
     def _touch(self, worker: int, now: float) -> None:
         state = self.workers.get(worker)
