@@ -1,10 +1,12 @@
-"""Shared fixtures: the real 200-line sample split into partitions, and real tally processes."""
+"""Shared fixtures: the real 200-line sample split into partitions, real tally processes, and
+a follower of the coordinator's --events file that waits for records as they are written."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import http.server
+import json
 import os
 import signal
 import socket
@@ -12,8 +14,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +29,10 @@ from tally.queries.domains import to_table
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLE = DATA / "clickbench-sample-200.tsv"
 TOP25_EXPECTED = DATA / "clickbench-top25-expected.txt"
+
+# how long a test waits for a condition: generous, for a machine loaded many times over
+WAIT_S = 30.0
+POLL_S = 0.02
 
 
 def split_round_robin(source: Path, out_dir: Path, partitions: int) -> Path:
@@ -131,6 +138,10 @@ class Procs:
     def stderr(self, proc: subprocess.Popen[bytes]) -> str:
         return self.logs[proc.pid].read_text(errors="replace")
 
+    def events(self, coordinator: subprocess.Popen[bytes], path: Path) -> EventLog:
+        """Follow the ``--events`` file ``path`` of a coordinator started here."""
+        return EventLog(path, coordinator, lambda: self.stderr(coordinator))
+
     def wait_for_log(self, proc: subprocess.Popen[bytes], text: str, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.stderr(proc):
@@ -150,6 +161,85 @@ class Procs:
                 proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+Record = dict[str, Any]
+
+
+class EventLog:
+    """A coordinator's ``--events`` file, read as it is written: one JSON record per line."""
+
+    def __init__(
+        self,
+        path: Path,
+        coordinator: subprocess.Popen[bytes] | None = None,
+        stderr: Callable[[], str] = str,
+    ) -> None:
+        self.path = path
+        self.coordinator = coordinator
+        self.stderr = stderr
+        self.records: list[Record] = []
+        self._offset = 0
+        self._partial = b""  # a line still being written
+
+    def read(self) -> list[Record]:
+        """Every record written so far, in order."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.records
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        self.records.extend(json.loads(line) for line in lines)
+        return self.records
+
+    def select(
+        self, event: str, where: Callable[[Record], bool] | None = None, **fields: Any
+    ) -> list[Record]:
+        """The records of kind ``event`` written so far whose ``fields`` have these values
+        and that satisfy ``where``."""
+        return [
+            r
+            for r in self.read()
+            if r["event"] == event
+            and all(r.get(k) == v for k, v in fields.items())
+            and (where is None or where(r))
+        ]
+
+    def wait(
+        self,
+        event: str,
+        count: int = 1,
+        timeout: float = WAIT_S,
+        where: Callable[[Record], bool] | None = None,
+        **fields: Any,
+    ) -> Record:
+        """Wait for the ``count``-th record that :meth:`select` would return, and return it.
+        Fails at the deadline, or at once when the coordinator has exited without writing it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.coordinator is not None and self.coordinator.poll() is not None
+            found = self.select(event, where, **fields)  # read after the check: none missed
+            if len(found) >= count:
+                return found[count - 1]
+            if exited or time.monotonic() > deadline:
+                why = "the coordinator exited" if exited else f"{timeout:g}s passed"
+                raise AssertionError(
+                    f"no {event!r} record #{count} with {fields} ({why}); records:\n"
+                    + "\n".join(json.dumps(r) for r in self.records[-30:])
+                    + f"\ncoordinator stderr:\n{self.stderr()}"
+                )
+            time.sleep(POLL_S)
+
+    def worker_id(self, worker: subprocess.Popen[bytes], timeout: float = WAIT_S) -> int:
+        """The id the coordinator gave the worker process ``worker`` when it first joined (its
+        name ends with its pid)."""
+        joined = self.wait(
+            "joined", timeout=timeout, where=lambda r: r["name"].endswith(f":{worker.pid}")
+        )
+        return int(joined["worker"])
 
 
 @pytest.fixture

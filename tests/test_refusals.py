@@ -12,23 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, Procs, free_port, reference_output
+from conftest import POLL_S, SAMPLE, WAIT_S, Procs, free_port, reference_output
 from tally import protocol as p
-from tally.net import proof
+from tally.net import PIECE, proof
 
 TOKEN = "s3cret-token"
 
 
 def connect(port: int) -> socket.socket:
     """Connect, waiting for a coordinator that is still starting."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT_S
     while True:
         try:
-            return socket.create_connection(("127.0.0.1", port), timeout=10)
+            return socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
         except ConnectionRefusedError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+            time.sleep(POLL_S)
 
 
 def read_frame(sock: socket.socket) -> p.AnyMessage | None:
@@ -187,23 +187,31 @@ def test_a_worker_sending_a_malformed_partial_is_dropped(
 def test_a_worker_sending_a_large_frame_slowly_stays_alive(
     procs: Procs, sample_filelist: Path, tmp_path: Path
 ) -> None:
+    lease = 1.0
     port = free_port()
-    stats = tmp_path / "stats.json"
+    stats, events = tmp_path / "stats.json", tmp_path / "events.jsonl"
     coord = procs.coordinator(
-        sample_filelist, port, "--lease-timeout", "1", "--stats", str(stats),
-        env={"TALLY_TOKEN": TOKEN},
+        sample_filelist, port, "--lease-timeout", str(lease), "--stats", str(stats),
+        "--events", str(events), env={"TALLY_TOKEN": TOKEN},
     )  # fmt: skip
-    sock, _, assign = join(port)
-    # a 4 MB error report, sent at 1 MB/s: four times the lease, with no heartbeat between
-    error = p.ErrorInfo("PartitionError", "x" * (4 << 20), True)
+    log = procs.events(coord, events)
+    sock, welcome, assign = join(port)
+    # an error report of ten pieces (the coordinator reads a large frame piece by piece), one
+    # piece every quarter lease: two and a half leases in all, with no heartbeat between
+    error = p.ErrorInfo("PartitionError", "x" * (10 * PIECE), True)
     frame = p.encode(p.Failed(assign.attempt, assign.job_id, error))
-    for start in range(0, len(frame), 1 << 18):
-        sock.sendall(frame[start : start + (1 << 18)])
-        time.sleep(0.25)
+    ends = [*range(p.HEADER.size + PIECE, len(frame), PIECE), len(frame)]
+    for start, end in zip([0, *ends], ends, strict=False):
+        time.sleep(lease / 4)
+        sock.sendall(frame[start:end])
+    worker = welcome.worker_id
+    failed = log.wait("failed", worker=worker)
+    assert failed["t"] - log.select("joined", worker=worker)[0]["t"] > 2 * lease
     sock.close()
+    assert log.wait("lost", worker=worker)["reason"].startswith("connection closed")
     procs.worker(port, env={"TALLY_TOKEN": TOKEN})
     code, out = procs.finish(coord)
     assert (code, out) == (0, reference_output(SAMPLE, p.QuerySpec("top", k=25)))
     record = json.loads(stats.read_text())
     assert record["failed_attempts"] == 1  # the reported failure; the lost worker is no failure
-    assert "silent" not in procs.stderr(coord)
+    assert not log.select("lost", where=lambda r: r["reason"].startswith("silent"))

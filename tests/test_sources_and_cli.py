@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -206,10 +207,14 @@ def test_an_oversized_line_is_a_counted_skip_end_to_end(tmp_path: Path) -> None:
 
 
 def test_sigterm_while_connecting_exits_zero_at_once(procs: Procs) -> None:
-    worker = procs.start("worker", "127.0.0.1", str(free_port()), "--connect-timeout", "30")
-    time.sleep(1.0)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+        port = server.getsockname()[1]
+        worker = procs.start("worker", "127.0.0.1", str(port), "--connect-timeout", "60")
+        first, _ = server.accept()  # it runs, SIGTERM handled, and waits for a challenge
+    first.close()  # none comes and nobody listens now: it is connecting again
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=5) == 0
+    assert worker.wait(timeout=30) == 0  # long before its 60 s of connecting are over
 
 
 @pytest.mark.parametrize(

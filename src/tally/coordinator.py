@@ -78,6 +78,7 @@ class Coordinator:
         self.refused = 0
         self._next_worker = 1
         self._closing = False
+        self._events_failed: str | None = None
         self._closed_because = ""
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -206,7 +207,8 @@ class Coordinator:
 
     def _on_record(self, record: dict[str, Any]) -> None:
         if self.events is not None:
-            self.events.write(record)
+            # records missing from the file would tell a wrong story: the jobs end (in _apply)
+            self._events_failed = self.events.write(record) or self._events_failed
         for listener in self.listeners:
             listener(record)
 
@@ -311,6 +313,8 @@ class Coordinator:
         except Exception as exc:  # a bug here must end the jobs with a reason, not hang them
             log.exception("coordinator failed")
             self.abort(f"internal error: {type(exc).__name__}: {exc}")
+        if self._events_failed is not None and self.scheduler.active:
+            self.abort(self._events_failed)
 
     def _carry_out(self, actions: list[ev.Action]) -> None:
         for action in actions:

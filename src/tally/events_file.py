@@ -20,19 +20,21 @@ class EventFile:
         except OSError as exc:
             raise ConfigError(f"cannot write --events {path}: {exc.strerror}") from exc
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> str | None:
+        """Append one record; the reason if it could not be written (then no more are)."""
         if self._file is None:
-            return
+            return None
         try:
             self._file.write(json.dumps(record) + "\n")  # line-buffered: flushed per record
-        except OSError as exc:  # keep running the job; say once that the record is cut short
-            log.error("cannot write --events %s: %s; no more events recorded", self.path, exc)
+        except OSError as exc:
             self.close()
+            return f"cannot write --events {self.path}: {exc.strerror or exc}"
+        return None
 
     def close(self) -> None:
         if self._file is not None:
             file, self._file = self._file, None
             try:
                 file.close()
-            except OSError as exc:
-                log.error("cannot write --events %s: %s", self.path, exc)
+            except OSError as exc:  # the last records may be lost: say so
+                log.error("cannot write --events %s: %s", self.path, exc.strerror or exc)

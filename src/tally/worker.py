@@ -72,6 +72,8 @@ class Worker:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             load_kernel(self.config.kernel)  # before joining: joined means ready
+            import tally.queries.registry  # noqa: F401  (the query kinds, likewise)
+
             computing = threading.Thread(
                 target=self._compute_loop, args=(loop,), name="tally-compute", daemon=True
             )

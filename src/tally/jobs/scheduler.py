@@ -72,7 +72,7 @@ class Scheduler:
         match event:
             case WorkerJoined():
                 self.pool.join(event.worker, event.slots, event.now, event.name)
-                self._record(event.now, "joined", worker=event.worker)
+                self._record(event.now, "joined", worker=event.worker, name=event.name)
                 self._start_ready_jobs(event.now)
             case HeartbeatSeen():
                 self.pool.touch(event.worker, event.now)

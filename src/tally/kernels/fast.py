@@ -246,7 +246,7 @@ class _Distinct:
 
     def add(self, array: pa.Array) -> None:
         encoded = pc.dictionary_encode(array, memory_pool=_POOL)
-        counts = np.bincount(encoded.indices.to_numpy(), minlength=len(encoded.dictionary))
+        counts = np.bincount(_indices(encoded), minlength=len(encoded.dictionary))
         self._parts.append((encoded.dictionary, counts))
         self._size += len(counts)
         if self._size > self._limit:
@@ -261,11 +261,21 @@ class _Distinct:
         values = pa.concat_arrays([values for values, _ in self._parts], memory_pool=_POOL)
         encoded = pc.dictionary_encode(values, memory_pool=_POOL)
         counts = np.bincount(  # exact: float64 holds any count below 2**53
-            encoded.indices.to_numpy(),
+            _indices(encoded),
             weights=np.concatenate([counts for _, counts in self._parts]),
             minlength=len(encoded.dictionary),
         )
         return encoded.dictionary, counts.astype(np.int64)
+
+
+def _indices(encoded: pa.DictionaryArray) -> Ints:
+    """A dictionary array's indices as a NumPy view (``to_numpy`` would load pandas when it
+    is installed: 0.15 s on a worker's first task)."""
+    indices = encoded.indices
+    dtype = np.dtype(indices.type.to_pandas_dtype())
+    return np.frombuffer(indices.buffers()[1], dtype=dtype, count=len(indices) + indices.offset)[
+        indices.offset :
+    ]
 
 
 def _key_domains(keys: pa.Array) -> list[bytes]:

@@ -4,26 +4,30 @@ plugin interface. The work is done by :mod:`tally.kernels.delimited` (per task),
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from tally.kernels.delimited import GroupPartial, compute_partial
 from tally.queries.base import QueryResult, TaskOutput, check_lines
-from tally.queries.groupby import GroupMerger, GroupResult, check_layout
-from tally.queries.groupby_output import format_group_result
 from tally.queries.plan import Plan
+
+if TYPE_CHECKING:  # the engine (DuckDB) loads with the first group-by, not with every worker
+    from tally.queries.groupby import GroupMerger
 
 
 class GroupBy:
     def compute(
         self, plan: Plan, stream: BinaryIO, record_limit: int, kernel: str, at_start: bool
     ) -> TaskOutput:
+        from tally.kernels.delimited import compute_partial
+
         partial = compute_partial(plan, stream, record_limit, skip_header=plan.header and at_start)
         table = partial.table if partial.table.num_rows else None
         return TaskOutput(table, partial.lines, partial.malformed, partial.bytes_read)
 
     def check(self, plan: Plan, table: pa.Table | None, lines: int, malformed: int) -> None:
+        from tally.queries.groupby import check_layout
+
         check_lines(lines, malformed)
         if table is not None:
             check_layout(plan, table.schema)
@@ -32,6 +36,9 @@ class GroupBy:
         return GroupByMerger(plan)
 
     def format(self, result: QueryResult, fmt: str) -> str:
+        from tally.queries.groupby import GroupResult
+        from tally.queries.groupby_output import format_group_result
+
         return format_group_result(
             GroupResult(result.table, result.lines, result.malformed, result.failed_partitions),
             fmt,
@@ -42,8 +49,10 @@ class GroupByMerger:
     """:class:`GroupMerger` on the merger interface of every kind."""
 
     def __init__(self, plan: Plan) -> None:
+        from tally.queries.groupby import GroupMerger
+
         self.plan = plan
-        self._merger = GroupMerger(plan)
+        self._merger: GroupMerger = GroupMerger(plan)
 
     @property
     def lines(self) -> int:
@@ -58,6 +67,8 @@ class GroupByMerger:
             self._merger.lines += lines
             self._merger.malformed += malformed
             return
+        from tally.kernels.delimited import GroupPartial
+
         self._merger.add(GroupPartial(table, lines, malformed))
 
     def finalize(self, failed_partitions: list[str] | None = None) -> QueryResult:
