@@ -287,11 +287,6 @@ class Network:
             self._iptables(side, "-A", "INPUT", "-s", peer, "-m", "statistic", "--mode",
                            "random", "--probability", f"{fraction:g}", "-j", "DROP")  # fmt: skip
 
-    def clear_filters(self, host: int) -> None:
-        """Undo :meth:`black_hole` and :meth:`lose` on the host's link."""
-        self._iptables(None, "-F", "INPUT")  # the hub's rules name hosts; flush them all
-        self._iptables(host, "-F", "INPUT")
-
     def slow(self, host: int, rate: str = "1mbit") -> None:
         """A slow link: a token bucket of ``rate`` on both of its ends."""
         for namespace, dev in ((self.hub, self._hub_port(host)), (self.hosts[host], "eth0")):
