@@ -47,7 +47,8 @@ from tally.protocol import (
 log = logging.getLogger("tally.net")
 HANDSHAKE_TIMEOUT_S = 5.0
 NONCE_BYTES = 16
-PIECE = 1 << 20  # frames larger than this are read in pieces of this size
+PIECE = 1 << 20  # a large frame is read in pieces of at most this size
+QUIET_FRAME = 16 << 10  # frames up to this size are read whole, without progress calls
 
 
 class Connection:
@@ -67,17 +68,21 @@ class Connection:
     ) -> AnyMessage:
         """The next message; EOFError when the peer closed, ProtocolError on a bad frame.
 
-        A large frame is read piece by piece, calling ``progress`` after each piece: a peer
-        busy sending one is alive, although its heartbeats queue behind the frame."""
+        A frame larger than ``QUIET_FRAME`` is read as its bytes arrive, calling ``progress``
+        each time some do: a peer busy sending one is alive, although its heartbeats queue
+        behind the frame, however slow its link."""
         try:
             header = await self.reader.readexactly(HEADER.size)
             (length,) = HEADER.unpack(header)
             check_length(length, limit)
-            if length <= PIECE or progress is None:
+            if length <= QUIET_FRAME or progress is None:
                 return decode(await self.reader.readexactly(length))
             payload = bytearray()
             while len(payload) < length:
-                payload += await self.reader.readexactly(min(PIECE, length - len(payload)))
+                piece = await self.reader.read(min(PIECE, length - len(payload)))
+                if not piece:
+                    raise EOFError("connection closed")
+                payload += piece
                 progress()
             return decode(payload)
         except asyncio.IncompleteReadError as exc:
