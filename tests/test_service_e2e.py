@@ -10,6 +10,7 @@ import pytest
 
 import tally
 from conftest import Procs
+from groupby_helpers import LINEITEM, Q1, tpch
 from tally.service.bodies import ServiceError
 from test_service_support import (
     QUERIES,
@@ -23,6 +24,7 @@ from test_service_support import (
 )
 
 ENV = {"TALLY_TOKEN": TOKEN}
+__all__ = ["tpch"]  # the session fixture, used by name
 
 
 @pytest.fixture
@@ -222,9 +224,20 @@ def test_a_result_finished_after_the_server_died_is_dropped_as_late(
 def test_a_bad_job_request_from_the_client_library(server: Server) -> None:
     with tally.Client(server.url, TOKEN) as client, pytest.raises(ServiceError) as refused:
         client.submit("x", {"sql": "SELECT 1"})
-    assert (refused.value.status, refused.value.message) == (
-        400, "sql queries are not supported by this server"
-    )  # fmt: skip
+    assert (refused.value.status, refused.value.message) == (400, "FROM 'SOURCE' is missing")
+
+
+def test_a_sql_group_by_on_the_server_equals_tally_sql(server: Server, tpch: Path) -> None:
+    table = tpch / "lineitem.tbl"
+    query = Q1.replace("'lineitem.tbl'", f"'{table}'")
+    with tally.Client(server.url, TOKEN) as client:
+        job = client.submit(str(table), {"sql": query, "columns": ",".join(LINEITEM)},
+                            split_size=1 << 20)  # fmt: skip
+        doc = client.wait(job, timeout=120)
+    assert doc["state"] == "succeeded", doc
+    assert doc["stats"]["partitions"] == 7  # 7.3 MB in ranges of 1 MiB
+    local = tally.sql(query, columns=LINEITEM, workers=1)
+    assert doc["result"] == json.loads(local.format("json"))
 
 
 def test_cancel_ends_a_job_that_a_submit_waits_for(

@@ -12,10 +12,15 @@ from typing import Annotated, Any
 
 import msgspec
 
-from tally.coordinator import JobSpec
 from tally.errors import ConfigError, TallyError
+from tally.groupby_options import GroupByOptions
+from tally.job import JobSpec
 from tally.jobs.tasks import JobConfig
-from tally.protocol import QuerySpec, Task
+from tally.local import sample_of
+from tally.protocol import Plan, QuerySpec
+from tally.queries.infer import bind
+from tally.queries.plan import Plan as GroupByPlan
+from tally.ranges import plan_tasks
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -49,6 +54,11 @@ class Query(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     domain: str | None = None
     all: bool | None = None
     sql: str | None = None
+    # how a SQL group-by reads its delimited files (see docs/groupby.md)
+    columns: str | None = None
+    delimiter: str | None = None
+    header: bool = False
+    schema: str | None = None
 
 
 class Options(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -57,6 +67,7 @@ class Options(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     speculation: bool = True
     min_workers: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1
     record_limit: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1 << 20
+    split_size: Annotated[int, msgspec.Meta(ge=0)] = 64 << 20
 
 
 def _top25() -> Query:
@@ -89,7 +100,7 @@ def parse_request(body: bytes) -> JobRequest:
     return request
 
 
-def plan_of(query: Query) -> QuerySpec:
+def plan_of(query: Query) -> Plan:
     """The plan a query names; BadRequest unless it names exactly one kind."""
     named = [name for name in ("top", "domain", "all", "sql") if getattr(query, name) is not None]
     if len(named) != 1:
@@ -98,7 +109,13 @@ def plan_of(query: Query) -> QuerySpec:
             + (f" (got {', '.join(named)})" if named else "")
         )
     if query.sql is not None:
-        raise BadRequest("sql queries are not supported by this server")
+        options = GroupByOptions(sql=query.sql, columns=query.columns, delimiter=query.delimiter,
+                                 header=query.header, schema=query.schema)  # fmt: skip
+        try:
+            plan: GroupByPlan = options.source_and_plan()[1]
+            return plan
+        except ConfigError as exc:
+            raise BadRequest(exc.message) from None
     if query.domain is not None:
         return QuerySpec("domain", domain=query.domain.encode("utf-8"))
     if query.all is not None:
@@ -110,11 +127,18 @@ def plan_of(query: Query) -> QuerySpec:
 
 
 def to_spec(request: JobRequest, urls: list[str]) -> JobSpec:
-    """The job a request asks for over the partitions ``urls``."""
+    """The job a request asks for over the partitions ``urls`` (reads their first lines for a
+    group-by, and their sizes to cut large ones into ranges: call it off the event loop)."""
     opts = request.options
+    plan = plan_of(request.query)
+    try:
+        if isinstance(plan, GroupByPlan) and not plan.bound:
+            plan = bind(plan, sample_of(urls[0]))
+    except ConfigError as exc:
+        raise BadRequest(exc.message) from None
     return JobSpec(
-        tasks=[Task(url) for url in urls],
-        plan=plan_of(request.query),
+        tasks=plan_tasks(urls, opts.split_size),
+        plan=plan,
         record_limit=opts.record_limit,
         config=JobConfig(
             max_attempts=opts.max_attempts,

@@ -52,9 +52,10 @@ class Client:
         **options: Any,
     ) -> str:
         """Submit a job; return its id. ``query`` is ``{"top": K}`` (the default, K=25),
-        ``{"domain": D}`` or ``{"all": True}``; ``options`` those of ``tally run``
-        (``max_attempts``, ``skip_failed``, ``speculation``, ``min_workers``,
-        ``record_limit``)."""
+        ``{"domain": D}``, ``{"all": True}`` or ``{"sql": "SELECT ...", "columns": "a,b"}``
+        (a group-by over ``source``); ``options`` those of ``tally run`` (``max_attempts``,
+        ``skip_failed``, ``speculation``, ``min_workers``, ``record_limit``,
+        ``split_size``)."""
         body: dict[str, Any] = {"source": source, "options": dict(options)}
         if query is not None:
             body["query"] = dict(query)

@@ -152,7 +152,7 @@ class JobService:
             urls = await asyncio.to_thread(expand_source, request.source)
         except ConfigError as exc:
             raise BadRequest(exc.message) from None
-        spec = to_spec(request, urls)
+        spec = await asyncio.to_thread(to_spec, request, urls)
         self._check_room()  # again: others may have come in while the source was read
         job_id = secrets.token_hex(8)
         submitted = time.time()
