@@ -22,7 +22,7 @@ from tally import cli
 from tally.protocol import QuerySpec
 from tally.queries import FORMATS
 
-COMMANDS = ("coordinator", "worker", "run", "gen", "report")
+COMMANDS = ("coordinator", "worker", "run", "sql", "gen", "report")
 
 
 def tally(*args: str) -> subprocess.CompletedProcess[bytes]:

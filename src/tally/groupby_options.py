@@ -72,7 +72,7 @@ def add_flags(parser: argparse.ArgumentParser, sql: bool = False) -> None:
         "--columns",
         metavar="A,B,C",
         default=None,
-        help="name the columns (default: from --header, else 1, 2, 3...)",
+        help="name the columns (default: from --header, else c1, c2, c3...)",
     )
     group.add_argument("--schema", metavar="COL:TYPE,...", default=None,
                        help="column types: bigint, double, decimal(p,s), varchar, date "
@@ -84,20 +84,23 @@ def add_flags(parser: argparse.ArgumentParser, sql: bool = False) -> None:
         metavar="COLS",
         action="append",
         default=[],
-        help="group by these columns (1-based positions or names)",
+        help="group by these columns, 1-based positions or names; repeatable (default: one group)",
     )
     group.add_argument("--agg", metavar="FUNC[:COL]", action="append", default=[],
-                       help="count, sum, min, max, avg or count_distinct, over a column "
-                       "(repeatable; default: count)")  # fmt: skip
+                       help="count, sum, min, max, avg or count_distinct, over a column"
+                       "; repeatable (default: count)")  # fmt: skip
     group.add_argument(
-        "--where", metavar="EXPR", default=None, help="keep the rows where EXPR holds (SQL syntax)"
+        "--where",
+        metavar="EXPR",
+        default=None,
+        help="keep the rows where EXPR holds, in SQL syntax (default: every row)",
     )
     group.add_argument(
         "--order-by",
         metavar="COL[:desc]",
         action="append",
         default=[],
-        help="order by an output column, by position or name (repeatable)",
+        help="order by an output column, by position or name; repeatable (default: by the keys)",
     )
     group.add_argument(
         "--limit", metavar="N", type=int, default=None, help="print at most N rows (default: all)"
