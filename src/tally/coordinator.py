@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from tally import protocol as p
 from tally.errors import ProtocolError
 from tally.events_file import EventFile
+from tally.gate import Gate, quiet_accept_errors, raise_fd_limit
 from tally.job import JobRun, JobSpec, Outcome, TaskPartial, job_stats
 from tally.jobs import events as ev
 from tally.jobs.scheduler import Scheduler
@@ -75,7 +76,7 @@ class Coordinator:
         self.runs: dict[str, JobRun] = {}
         self.conns: dict[int, Connection] = {}
         self.plans_sent: dict[int, set[str]] = {}  # worker -> jobs whose plan it has
-        self.refused = 0
+        self.gate = Gate()
         self._next_worker = 1
         self._closing = False
         self._events_failed: str | None = None
@@ -89,6 +90,8 @@ class Coordinator:
 
     async def start(self) -> int:
         """Listen and start the clock; return the bound port."""
+        raise_fd_limit()
+        self._loop.set_exception_handler(quiet_accept_errors)
         self._server = await asyncio.start_server(
             self._serve_peer, self.config.host, self.config.port, limit=1 << 20
         )
@@ -167,6 +170,7 @@ class Coordinator:
         """Tell every worker to leave (saying ``reason``) and stop listening."""
         self._closing = True
         self._closed_because = reason
+        self.gate.summarize(final=True)
         if self._ticker is not None:
             self._ticker.cancel()
         for conn in list(self.conns.values()):
@@ -226,18 +230,30 @@ class Coordinator:
         )
 
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._serve_connection(reader, writer)
+        except asyncio.CancelledError:  # the coordinator is ending: this peer's story ends too
+            writer.transport.abort()
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         conn = Connection(reader, writer)
         if self._closing:
             conn.send(p.Shutdown(self._closed_because))
             await conn.close()
             return
+        if not self.gate.admit():
+            conn.writer.transport.abort()
+            return
         try:
             hello, welcome = await accept_handshake(conn, self.config.token, self._welcome)
         except (ProtocolError, EOFError, OSError) as exc:
-            self.refused += 1
-            log.warning("refused %s: %s", conn.peer, exc)
+            self.gate.refuse(conn.peer, str(exc) or type(exc).__name__)
             await conn.close()
             return
+        finally:
+            self.gate.done()
         worker = welcome.worker_id
         if self._closing:  # the coordinator began closing during the handshake
             conn.send(p.Shutdown(self._closed_because))
@@ -368,7 +384,7 @@ class Coordinator:
         result = None if finish.error else run.merger.finalize(failed)
         timeline = [r for r in self.scheduler.timeline if r.get("job", run.id) == run.id]
         job = self.scheduler.jobs[run.id]
-        refused = self.refused + len(self.scheduler.refused)
+        refused = self.gate.refused + len(self.scheduler.refused)
         stats = job_stats(run, job, finish, self.scheduler.pool, refused, self._now())
         return Outcome(result, finish.error, stats, timeline)
 
