@@ -60,8 +60,22 @@ class Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._tcp = (
+            sock if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) else None
+        )
+        if self._tcp is not None:
+            self._tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def give_up_after(self, seconds: float) -> None:
+        """Let the kernel break the connection when what this side sent stays unacknowledged
+        for ``seconds`` (TCP_USER_TIMEOUT, where the system has it): a link that went silent
+        (cut, black-holed) is noticed within that time instead of after minutes of
+        retransmissions. A stopped peer process does not trigger it: its kernel still
+        acknowledges."""
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if self._tcp is not None and option is not None:
+            with contextlib.suppress(OSError):
+                self._tcp.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
 
     async def receive(
         self, limit: int = MAX_FRAME, progress: Callable[[], None] | None = None

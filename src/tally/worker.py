@@ -133,6 +133,7 @@ class Worker:
                 conn.send(p.Leaving([]))
                 return
             self.welcome, self.conn = welcome, conn
+            conn.give_up_after(welcome.lease_s)  # a silent link breaks within the lease
             self.last_beat = time.monotonic()
             log.info("joined as worker %d", welcome.worker_id)
             for message in self.outbox:
