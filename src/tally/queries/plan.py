@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import msgspec
 
 from tally.errors import ConfigError
-from tally.queries.expr import Col, Expr, columns_of, display, map_columns, parse_expression
+from tally.queries.expr import Col, Expr, columns_of, display, map_columns
 
 FUNCS = ("count", "sum", "min", "max", "avg", "count_distinct")
 
@@ -129,7 +129,7 @@ def plan_from_flags(
         schema=parse_schema(schema),
         group_by=tuple(keys),
         aggregates=tuple(aggregates),
-        where=parse_expression(where) if where else None,
+        where=_parse(where) if where else None,
         limit=check_limit(limit),
     )
     plan = name_outputs(plan)
@@ -225,7 +225,7 @@ def _aggregate(spec: str) -> Aggregate:
         raise ConfigError(f"--agg {spec!r} needs a column after ':'")
     if arg.isdigit() or re.fullmatch(r"[A-Za-z_][\w]*", arg):
         return Aggregate(func, _column_ref(arg))
-    return Aggregate(func, parse_expression(arg))  # an expression such as price*(1-discount)
+    return Aggregate(func, _parse(arg))  # an expression such as price*(1-discount)
 
 
 def _default_labels(plan: Plan) -> list[str]:
@@ -333,3 +333,10 @@ def resolve_names(plan: Plan, width: int) -> Plan:
         aggregates=aggregates,
         where=resolve_expr(plan.where),
     )
+
+
+def _parse(text: str) -> Expr:
+    """A SQL expression -> Expr (the SQL parser loads only where plans are made)."""
+    from tally.queries.expr_sql import parse_expression
+
+    return parse_expression(text)

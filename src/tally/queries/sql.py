@@ -17,7 +17,8 @@ import sqlglot
 from sqlglot import exp
 
 from tally.errors import ConfigError
-from tally.queries.expr import Col, from_sqlglot
+from tally.queries.expr import Col
+from tally.queries.expr_sql import from_sqlglot
 from tally.queries.plan import (
     Aggregate,
     OrderKey,
