@@ -23,14 +23,20 @@ from tally.queries.base import (
 )
 
 
+_kinds: dict[type, QueryKind] = {}
+
+
 def kind_of(plan: Any) -> QueryKind:
     """The query kind that runs ``plan``."""
-    from tally.queries.registry import KINDS
+    kind = _kinds.get(type(plan))
+    if kind is None:
+        from tally.queries.registry import KINDS
 
-    try:
-        return KINDS[type(plan)]
-    except KeyError:
-        raise TypeError(f"no query kind for {type(plan).__name__}") from None
+        _kinds.update(KINDS)
+        if type(plan) not in _kinds:
+            raise TypeError(f"no query kind for {type(plan).__name__}")
+        kind = _kinds[type(plan)]
+    return kind
 
 
 def merger_for(plan: Any) -> Merger:
