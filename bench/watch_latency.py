@@ -91,7 +91,7 @@ def main() -> None:
                 env=ENV,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
             for _ in range(args.workers)
         ]
         client = Client(url, TOKEN)
