@@ -72,6 +72,7 @@ def add_parsers(sub: Any) -> None:
         "--drain-timeout", type=_bounded(float, 0, 86400), default=10.0, metavar="S",
         help="on SIGTERM, seconds running attempts get to finish (default 10)",
     )  # fmt: skip
+    _watch_options(serve)
     _common(serve)
 
     submit = sub.add_parser("submit", help="submit a job to a tally serve cluster")
@@ -108,10 +109,81 @@ def add_parsers(sub: Any) -> None:
     _server(cancel)
 
 
+def _watch_options(serve: argparse.ArgumentParser) -> None:
+    from tally.groupby_options import add_flags
+
+    watch = serve.add_argument_group(
+        "watching storage",
+        "With --watch, every object under SOURCE becomes a job whose result (the --format "
+        "json document) is written to PREFIX/<object name>.json, and PREFIX/_total.json holds "
+        "the same query over every object seen so far. Each object version (size and mtime "
+        "of a file, ETag of an object) is processed once, across restarts too; a changed "
+        "object is processed again and replaces its old contribution to the total. Hidden "
+        "and _-prefixed names are left out.",
+    )
+    watch.add_argument(
+        "--watch",
+        metavar="SOURCE",
+        help="a folder or prefix (az://container/p/, s3://bucket/p/) to watch",
+    )
+    watch.add_argument(
+        "--output", metavar="PREFIX", help="a folder or prefix for the results (not inside SOURCE)"
+    )
+    watch.add_argument(
+        "--poll-interval",
+        type=_bounded(float, 0.01, 86400),
+        default=0.5,
+        metavar="S",
+        help="seconds between listings (default 0.5)",
+    )
+    watch.add_argument(
+        "--settle",
+        type=_bounded(float, 0, 86400),
+        default=0.5,
+        metavar="S",
+        help="an object is read once unchanged for S seconds, or last modified "
+        "S seconds ago: a file still being written is not read (default 0.5)",
+    )
+    query = watch.add_mutually_exclusive_group()
+    query.add_argument("--domain", metavar="D", help="count the lines whose domain is exactly D")
+    query.add_argument(
+        "--top",
+        metavar="K",
+        type=_bounded(int, 1, 1 << 31),
+        help="the K most frequent domains (default 25)",
+    )
+    query.add_argument("--all", action="store_true", help="every domain")
+    watch.add_argument(
+        "--max-attempts",
+        type=_bounded(int, 1, 1000),
+        default=3,
+        metavar="K",
+        help="failures of one object that fail its job (default 3)",
+    )
+    watch.add_argument(
+        "--record-limit",
+        type=_bounded(int, 1, 1 << 30),
+        default=1 << 20,
+        metavar="BYTES",
+        help="a longer line is malformed (default 1048576)",
+    )
+    watch.add_argument(
+        "--split-size",
+        type=_bounded(int, 0, 1 << 50),
+        default=64 << 20,
+        metavar="BYTES",
+        help="a larger object runs as ranges of about this size (default 67108864; 0 never splits)",
+    )
+    add_flags(serve)
+
+
 def run(args: argparse.Namespace) -> int:
     token = _token(args)
     if args.command == "serve":
         from tally.service.serve import serve
+
+        if args.watch is None and (args.output or args.domain is not None or args.top or args.all):
+            raise ConfigError("--output and the query options go with --watch SOURCE")
 
         return asyncio.run(serve(args, token))
     from tally.service.client import Client

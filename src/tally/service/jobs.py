@@ -16,9 +16,9 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
-from tally.coordinator import Coordinator, CoordinatorConfig, JobRun, TaskPartial
+from tally.coordinator import Coordinator, CoordinatorConfig, JobRun, JobSpec, TaskPartial
 from tally.errors import ConfigError
 from tally.queries import format_result
 from tally.service import store as st
@@ -43,6 +43,15 @@ log = logging.getLogger("tally.service")
 SAMPLE_EVERY_S = 1.0
 GONE_WORKERS_SHOWN = 50
 FINISHED_JOBS_STREAMED = 20
+
+
+class JobObserver(Protocol):
+    """Hears of jobs ending (the storage watcher): what to journal with a job's end, and
+    that it has ended (called once the end is journaled)."""
+
+    def finishing(self, job_id: str, succeeded: bool) -> st.Statements: ...
+
+    def finished(self, job_id: str, state: str) -> None: ...
 
 
 @dataclass
@@ -91,6 +100,7 @@ class JobService:
         self._coordinator: Coordinator | None = None
         self._commit_bytes: dict[tuple[str, int], int] = {}
         self._sampler: asyncio.Task[None] | None = None
+        self.observer: JobObserver | None = None  # set before start
 
     @property
     def coordinator(self) -> Coordinator:
@@ -154,10 +164,20 @@ class JobService:
             raise BadRequest(exc.message) from None
         spec = await asyncio.to_thread(to_spec, request, urls)
         self._check_room()  # again: others may have come in while the source was read
-        job_id = secrets.token_hex(8)
+        return self.accept(to_builtins(request), spec)
+
+    def accept(
+        self,
+        shown: dict[str, Any],
+        spec: JobSpec,
+        job_id: str | None = None,
+        also: st.Statements = (),
+    ) -> JobEntry:
+        """Journal a job (``also`` in the same transaction) and start it; ``shown`` is the
+        request its documents show."""
+        job_id = job_id or secrets.token_hex(8)
         submitted = time.time()
-        shown = to_builtins(request)
-        seq = self.store.add_job(job_id, submitted, shown, spec)
+        seq = self.store.add_job(job_id, submitted, shown, spec, also)
         entry = self.entries[job_id] = JobEntry(job_id, seq, submitted, shown, len(spec.tasks))
         self.unfinished += 1
         self.coordinator.submit(spec, job_id)
@@ -204,13 +224,17 @@ class JobService:
         finished = time.time()
         # this process's record, and how many tasks it took from the journal instead
         outcome.stats["partitions_resumed"] = entry.done_before
+        observer = self.observer
+        also = observer.finishing(run.id, state == SUCCEEDED) if observer is not None else ()
         self.store.finish_job(run.id, state, finished, outcome.error, outcome.result,
-                              outcome.stats)  # fmt: skip
+                              outcome.stats, also)  # fmt: skip
         entry.state, entry.finished = state, finished
         entry.error, entry.stats = outcome.error, outcome.stats
         self.unfinished -= 1
         self.live.job_ended(run.id, self.coordinator.now())
         log.info("job %s %s%s", run.id, state, f": {outcome.error}" if outcome.error else "")
+        if observer is not None:
+            observer.finished(run.id, state)
         asyncio.get_running_loop().call_soon(self.coordinator.forget, run.id)
 
     def _on_record(self, record: dict[str, Any]) -> None:

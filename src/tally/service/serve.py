@@ -87,6 +87,17 @@ async def serve(args: argparse.Namespace, token: bytes) -> int:
         host=args.host, port=args.port, token=token, lease_timeout_s=args.lease_timeout
     )
     service = JobService(store, config, max_queued=args.max_queued)
+    watcher = None
+    if getattr(args, "watch", None):
+        from tally.service.watch import Watcher, watch_config
+
+        try:
+            watcher = Watcher(service, watch_config(args))
+            watcher.open()
+        except ConfigError:
+            store.close()
+            http_sock.close()
+            raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # from now on a signal drains
@@ -99,6 +110,8 @@ async def serve(args: argparse.Namespace, token: bytes) -> int:
         raise ConfigError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
         ) from exc
+    if watcher is not None:
+        await watcher.start()
     server = _http_server(build_app(service, token))
     http = asyncio.create_task(server.serve(sockets=[http_sock]))
     http_port = http_sock.getsockname()[1]
@@ -110,7 +123,11 @@ async def serve(args: argparse.Namespace, token: bytes) -> int:
     if http in done:  # the HTTP server stopped by itself: something is wrong
         log.error("the HTTP server stopped: %s", http.exception() or "without an error")
     log.info("stopping: draining for up to %gs", args.drain_timeout)
+    if watcher is not None:
+        watcher.stop_polling()
     await service.drain(args.drain_timeout)
+    if watcher is not None:
+        await watcher.close()
     service.stopping = True  # event streams end, so the HTTP server can close at once
     server.should_exit = True
     with contextlib.suppress(Exception):

@@ -6,6 +6,8 @@
 - ``partials``: the partial of every committed task of an unfinished job, as Arrow IPC,
   with its line accounting and bytes; dropped when the job ends.
 - ``meta``: ``attempts_below``, the attempt-id reservation: no id at or past it was issued.
+- ``watch_objects``, ``watch_partials``, ``watch_meta``: the storage watcher's checkpoint
+  (see :mod:`tally.service.watch_journal`), written in the same transactions as the jobs.
 
 Every write is its own transaction, committed before the caller goes on (a job before its
 201, a partial before it is merged). With ``synchronous=NORMAL`` a committed transaction
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +59,25 @@ CREATE TABLE IF NOT EXISTS partials (
     PRIMARY KEY (job, task)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS watch_objects (
+    name TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    job TEXT NOT NULL,
+    state TEXT NOT NULL,
+    written INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watch_partials (
+    name TEXT NOT NULL,
+    task INTEGER NOT NULL,
+    lines INTEGER NOT NULL,
+    malformed INTEGER NOT NULL,
+    tbl BLOB,
+    PRIMARY KEY (name, task)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watch_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# statements a caller adds to a job's journaling transaction (the watcher's checkpoint)
+Statements = Sequence[tuple[str, tuple[Any, ...]]]
 
 
 @dataclass
@@ -125,20 +146,32 @@ class StateStore:
 
     # --- jobs ----------------------------------------------------------------------------------
 
-    def add_job(self, job_id: str, submitted: float, request: dict[str, Any], spec: JobSpec) -> int:
-        """Journal an accepted job; return its sequence number."""
-        cursor = self.db.execute(
-            "INSERT INTO jobs (id, submitted, request, spec, tasks, state) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                job_id,
-                submitted,
-                json.dumps(request),
-                msgspec.msgpack.encode(spec),
-                len(spec.tasks),
-                UNFINISHED,
-            ),
-        )
+    def add_job(
+        self,
+        job_id: str,
+        submitted: float,
+        request: dict[str, Any],
+        spec: JobSpec,
+        also: Statements = (),
+    ) -> int:
+        """Journal an accepted job, and run ``also`` in the same transaction; return the
+        job's sequence number."""
+        with self.db:
+            self.db.execute("BEGIN")
+            cursor = self.db.execute(
+                "INSERT INTO jobs (id, submitted, request, spec, tasks, state) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    submitted,
+                    json.dumps(request),
+                    msgspec.msgpack.encode(spec),
+                    len(spec.tasks),
+                    UNFINISHED,
+                ),
+            )
+            for sql, params in also:
+                self.db.execute(sql, params)
         return int(cursor.lastrowid or 0)
 
     def add_partial(self, job_id: str, task: int, partial: TaskPartial, nbytes: int) -> None:
@@ -156,11 +189,15 @@ class StateStore:
         error: str | None,
         result: QueryResult | None,
         stats: dict[str, Any],
+        also: Statements = (),
     ) -> None:
-        """Record a job's end and drop its partials, in one transaction."""
+        """Record a job's end and drop its partials, in one transaction; ``also`` runs in it
+        first (while the partials are still there)."""
         blob = None if result is None else table_to_ipc(result.table)
         with self.db:
             self.db.execute("BEGIN")
+            for sql, params in also:
+                self.db.execute(sql, params)
             self.db.execute(
                 "UPDATE jobs SET state = ?, finished = ?, error = ?, result = ?, stats = ?, "
                 "done = (SELECT count(*) FROM partials WHERE job = ?), "

@@ -1,0 +1,271 @@
+"""``tally serve --watch SOURCE --output PREFIX``: every object that appears under SOURCE
+becomes a job whose result goes to ``PREFIX/<object name>.json``; ``PREFIX/_total.json``
+holds the same query over every object seen so far.
+
+The decisions (new, changed, settled; the checkpoint) are :mod:`tally.service.watch_state`;
+the checkpoint lives in the journal (:mod:`tally.service.watch_journal`), written in the
+transactions that journal each job's start and end, so each object version is processed
+exactly once across restarts. The total is kept incrementally: the service holds a running
+merger and adds only a new object's partials to it. A changed object's new version replaces
+the old one's contribution; min and max cannot be subtracted, so then every object's
+partials (kept in the journal, one small table per task) are merged afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tally.errors import ConfigError, TallyError
+from tally.job import JobSpec
+from tally.jobs.tasks import JobConfig
+from tally.protocol import Plan, QuerySpec
+from tally.queries import Merger, format_result, merger_for
+from tally.queries.plan import Plan as GroupByPlan
+from tally.ranges import plan_tasks
+from tally.service import watch_journal as wj
+from tally.service.bodies import SUCCEEDED
+from tally.service.jobs import JobService
+from tally.service.store import Statements
+from tally.service.watch_io import check_places, list_objects, output_url, write_atomic
+from tally.service.watch_state import RUNNING, Listed, WatchState
+
+log = logging.getLogger("tally.watch")
+TOTAL = "_total"
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    source: str
+    output: str
+    plan: Plan  # a group-by plan is bound to the first object read
+    query: dict[str, Any]  # the query as job documents show it
+    poll_s: float = 0.5
+    settle_s: float = 0.5
+    record_limit: int = 1 << 20
+    split_size: int = 64 << 20
+    job: JobConfig = field(default_factory=JobConfig)
+
+    def record(self) -> dict[str, Any]:
+        """What a journal is checked against when the watcher restarts."""
+        return {"source": self.source, "output": self.output, "query": self.query}
+
+
+class Watcher:
+    """The watcher's shell: polls, submits jobs to the service, writes the results. It is
+    the service's :class:`tally.service.jobs.JobObserver`."""
+
+    def __init__(self, service: JobService, config: WatchConfig) -> None:
+        self.service = service
+        self.config = config
+        self.plan: Plan = config.plan
+        self.jobs: dict[str, str] = {}  # running job -> object name
+        self.state = WatchState(config.settle_s)
+        self.total: Merger = merger_for(self.plan)
+        self._ended: asyncio.Queue[tuple[str, str, bool, str]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unwritten: list[tuple[str, str]] = []
+        self._listing_failed = ""
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Read the checkpoint back (before the service resumes its jobs)."""
+        check_places(self.config.source, self.config.output)
+        store = self.service.store
+        wj.check_config(store, self.config.record())
+        entries = wj.checkpoint(store)
+        parts = wj.partials(store)
+        self.state = WatchState(
+            self.config.settle_s, {name: entry for name, (entry, _) in entries.items()}, parts
+        )
+        for name, (entry, written) in entries.items():
+            if entry.state == RUNNING:
+                self.jobs[entry.job] = name
+            elif entry.job and not written and name in parts:
+                self._unwritten.append((name, entry.job))
+            if isinstance(self.plan, GroupByPlan) and not self.plan.bound and entry.job:
+                self.plan = store.spec(entry.job).plan  # every object's jobs share one plan
+        self.total = merger_for(self.plan)
+        for name in sorted(parts):
+            for part in parts[name]:
+                self.total.add(part.table, part.lines, part.malformed)
+        self.service.observer = self
+        log.info("watching %s into %s: %d object(s) done, %d running", self.config.source,
+                 self.config.output, len(parts), len(self.jobs))  # fmt: skip
+
+    async def start(self) -> None:
+        """Write what a crash left unwritten, then poll."""
+        for name, job in self._unwritten:
+            await self._write_object(name, job)
+        await self._write_total()
+        self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._writer())]
+
+    def stop_polling(self) -> None:
+        self._tasks[0].cancel()
+
+    async def close(self) -> None:
+        """Write the results of the jobs that have ended, then stop."""
+        self.stop_polling()
+        await self._ended.join()
+        for task in self._tasks:
+            task.cancel()
+
+    # --- polling -----------------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                listing = await asyncio.to_thread(list_objects, self.config.source)
+            except Exception as exc:  # storage down: say so once, keep polling
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != self._listing_failed:
+                    log.warning("cannot list %s: %s", self.config.source, problem)
+                self._listing_failed = problem
+            else:
+                if self._listing_failed:
+                    log.info("listing %s again", self.config.source)
+                self._listing_failed = ""
+                for obj in self.state.poll(listing, time.time()):
+                    if self.service.draining:
+                        break
+                    await self._submit(obj)
+            await asyncio.sleep(self.config.poll_s)
+
+    async def _submit(self, obj: Listed) -> None:
+        try:
+            plan = await self._bound_plan(obj.url)
+            tasks = await asyncio.to_thread(plan_tasks, [obj.url], self.config.split_size)
+        except TallyError as exc:
+            log.warning("not processing %s: %s", obj.name, exc.message)
+            self.state.refused(obj)
+            return
+        spec = JobSpec(tasks, plan, self.config.job, self.config.record_limit)
+        job_id = secrets.token_hex(8)
+        shown = {"source": obj.url, "query": self.config.query,
+                 "watch": {"object": obj.name, "version": obj.version}}  # fmt: skip
+        self.jobs[job_id] = obj.name
+        self.state.started(obj, job_id)
+        self.service.accept(shown, spec, job_id, wj.started(obj.name, obj.version, job_id))
+        log.info("%s (version %s): job %s", obj.name, obj.version, job_id)
+
+    async def _bound_plan(self, url: str) -> Plan:
+        if isinstance(self.plan, GroupByPlan) and not self.plan.bound:
+            from tally.local import sample_of
+            from tally.queries.infer import bind
+
+            sample = await asyncio.to_thread(sample_of, url)
+            self.plan = bind(self.plan, sample)
+            self.total = merger_for(self.plan)  # nothing merged yet: no object was done
+        return self.plan
+
+    # --- the service's job observer ----------------------------------------------------------
+
+    def finishing(self, job_id: str, succeeded: bool) -> Statements:
+        name = self.jobs.get(job_id)
+        return () if name is None else wj.ended(name, job_id, succeeded)
+
+    def finished(self, job_id: str, state: str) -> None:
+        name = self.jobs.pop(job_id, None)
+        if name is None:
+            return
+        succeeded = state == SUCCEEDED
+        change = self.state.ended(name, job_id, succeeded)
+        if not succeeded:
+            log.warning("%s: job %s %s: no result written", name, job_id, state)
+        self._ended.put_nowait((name, job_id, succeeded, change))
+
+    # --- results -----------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            name, job_id, succeeded, change = await self._ended.get()
+            try:
+                if succeeded:
+                    await self._write_object(name, job_id)
+                if change == "add":
+                    for part in wj.partials(self.service.store, name).get(name, []):
+                        self.total.add(part.table, part.lines, part.malformed)
+                elif change == "rebuild":
+                    self.total = merger_for(self.plan)
+                    parts = wj.partials(self.service.store)
+                    for each in sorted(parts):
+                        for part in parts[each]:
+                            self.total.add(part.table, part.lines, part.malformed)
+                if change != "none":
+                    await self._write_total()
+            except Exception:  # a result that cannot be written must not stop the others
+                log.exception("cannot write the results of %s", name)
+            finally:
+                self._ended.task_done()
+
+    async def _write_object(self, name: str, job_id: str) -> None:
+        result = self.service.store.result(job_id)
+        if result is None:
+            return
+        url = output_url(self.config.output, f"{name}.json")
+        data = format_result(result, "json").encode("utf-8")
+        await asyncio.to_thread(write_atomic, url, data)
+        wj.written(self.service.store, name, job_id)
+        log.info("wrote %s", url)
+
+    async def _write_total(self) -> None:
+        if isinstance(self.plan, GroupByPlan) and not self.plan.bound:
+            return  # no object read yet: no columns to show
+        total = self.total
+
+        def write() -> None:
+            data = format_result(total.finalize(), "json").encode("utf-8")
+            write_atomic(output_url(self.config.output, f"{TOTAL}.json"), data)
+
+        await asyncio.to_thread(write)
+
+
+def query_of(
+    domain: str | None, top: int | None, every: bool, group_by: Any
+) -> tuple[Plan, dict[str, Any]]:
+    """The plan and the shown query of ``--domain``/``--top``/``--all`` or group-by flags."""
+    if group_by.wanted:
+        if domain is not None or top is not None or every:
+            raise ConfigError("give --domain, --top or --all, or a group-by, not both")
+        plan = group_by.source_and_plan()[1]
+        shown = {k: v for k, v in vars(group_by).items() if v not in (None, (), False)}
+        return plan, {"group_by": {k: list(v) if isinstance(v, tuple) else v
+                                   for k, v in shown.items()}}  # fmt: skip
+    if domain is not None:
+        return QuerySpec("domain", domain=domain.encode("utf-8", "surrogateescape")), {
+            "domain": domain.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        }
+    if every:
+        return QuerySpec("all"), {"all": True}
+    return QuerySpec("top", k=top or 25), {"top": top or 25}
+
+
+def watch_config(args: Any) -> WatchConfig:
+    """The watcher's configuration from ``tally serve``'s arguments."""
+    from tally.groupby_options import options_of
+    from tally.storage import is_remote
+
+    if not args.output:
+        raise ConfigError("--watch needs --output PREFIX: where the results go")
+    plan, query = query_of(args.domain, args.top, args.all, options_of(args))
+    import os
+
+    def place(url: str) -> str:  # the journal keeps absolute paths: the same across cwds
+        return url if is_remote(url) or url.startswith("file://") else os.path.abspath(url)
+
+    return WatchConfig(
+        source=place(args.watch),
+        output=place(args.output),
+        plan=plan,
+        query=query,
+        poll_s=args.poll_interval,
+        settle_s=args.settle,
+        record_limit=args.record_limit,
+        split_size=args.split_size,
+        job=JobConfig(max_attempts=args.max_attempts),
+    )

@@ -1,0 +1,119 @@
+"""The storage watcher's I/O: listing a folder or prefix with each object's version, and
+writing a result file atomically.
+
+A local folder is listed with ``os.scandir`` (versions as :func:`tally.ranges.describe`
+gives them: size and mtime in nanoseconds); any other URL through its fsspec filesystem
+(``az://``, ``s3://`` when adlfs or s3fs is installed): one recursive listing per poll,
+the version being the ETag the listing carries.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from datetime import datetime
+from typing import Any
+
+from tally.errors import ConfigError
+from tally.service.watch_state import Listed, ignored
+from tally.storage import is_remote, local_path
+
+
+def check_places(source: str, output: str) -> None:
+    """ConfigError unless SOURCE is a folder or prefix and PREFIX is not inside it."""
+    if is_remote(source):
+        if not is_remote(output) and output.rstrip("/").startswith(source.rstrip("/") + "/"):
+            raise ConfigError(f"--output {output} is inside the watched {source}")
+        return
+    folder = local_path(source)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--watch {source} is not a folder")
+    if is_remote(output):
+        return
+    inside = os.path.realpath(local_path(output)) + os.sep
+    if inside.startswith(os.path.realpath(folder) + os.sep):
+        raise ConfigError(f"--output {output} is inside the watched folder {source}")
+
+
+def list_objects(source: str) -> list[Listed]:
+    """Every object under SOURCE (hidden and ``_``-prefixed names left out)."""
+    if is_remote(source):
+        return _list_fsspec(source)
+    root = os.path.abspath(local_path(source))
+    found: list[Listed] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith((".", "_")):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                try:
+                    if not entry.is_file():
+                        continue
+                    st = entry.stat()
+                except FileNotFoundError:  # removed while listed
+                    continue
+                name = os.path.relpath(entry.path, root).replace(os.sep, "/")
+                version = f"{st.st_size}-{st.st_mtime_ns}"
+                found.append(Listed(name, entry.path, version, st.st_mtime))
+    return found
+
+
+def _list_fsspec(source: str) -> list[Listed]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(source)
+    root = root.rstrip("/")
+    found: list[Listed] = []
+    for path, info in fs.find(root, detail=True).items():
+        if info.get("type") == "directory":
+            continue
+        name = path[len(root) :].lstrip("/") if path.startswith(root) else posixpath.basename(path)
+        if not name or ignored(name):
+            continue
+        version, mtime = version_of(info)
+        found.append(Listed(name, str(fs.unstrip_protocol(path)), version, mtime))
+    return found
+
+
+def version_of(info: dict[str, Any]) -> tuple[str, float | None]:
+    """An object's version (its ETag, else its size and last-modified time) and its
+    last-modified time in Unix seconds, from a listing's entry."""
+    when = info.get("LastModified") or info.get("last_modified") or info.get("mtime")
+    mtime: float | None = None
+    if isinstance(when, datetime):
+        mtime = when.timestamp()
+    elif isinstance(when, int | float):
+        mtime = float(when)
+    tag = info.get("ETag") or info.get("etag")
+    version = str(tag).strip('"') if tag else f"{info.get('size')}-{when}"
+    return version, mtime
+
+
+def output_url(prefix: str, name: str) -> str:
+    """Where the result of object ``name`` goes under PREFIX."""
+    if is_remote(prefix):
+        return f"{prefix.rstrip('/')}/{name}"
+    return os.path.join(local_path(prefix), *name.split("/"))
+
+
+def write_atomic(url: str, data: bytes) -> None:
+    """Write ``data`` so that a reader sees all of it or the previous file: a temporary file
+    renamed over the target locally; one PUT (atomic in object stores) remotely."""
+    if is_remote(url):
+        import fsspec
+
+        with fsspec.open(url, "wb") as f:
+            f.write(data)
+        return
+    path = local_path(url)
+    folder, base = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    temp = os.path.join(folder, f".{base}.{os.getpid()}.tmp")
+    with open(temp, "wb") as f:
+        f.write(data)
+    os.replace(temp, path)
