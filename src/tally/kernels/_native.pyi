@@ -1,0 +1,13 @@
+"""Type stub of the fast kernel's C extension (_native.c)."""
+
+ABI: int
+SSE2: int
+
+class Counter:
+    def __init__(
+        self, only: bytes | None = None, seed: int = 0, portable: bool = False
+    ) -> None: ...
+    def add(
+        self, buffer: bytearray | bytes, begin: int, end: int, record_limit: int
+    ) -> tuple[int, int]: ...
+    def counts(self) -> dict[bytes, int]: ...
