@@ -184,6 +184,8 @@ def test_counter_misuse_is_refused() -> None:
         counter.add(bytearray(b"1\ta\nxx"), 0, 6, 10)  # not whole lines
     with pytest.raises(ValueError):
         counter.add(bytearray(b"1\ta\n"), 0, 4, -1)
+    with pytest.raises(ValueError):
+        counter.add(bytearray(b"1\ta\n"), 0, 4, 1 << 32)  # a slot holds 32-bit lengths
     with pytest.raises(TypeError):
         NATIVE.Counter("a.ru")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):

@@ -12,11 +12,12 @@
  * 2. Scheme: an 8-byte load at the URL's start recognises "http://" and "https://". Other
  *    URLs are searched for ':' followed by "//" (16 bytes at a time).
  * 3. Domain end: the first '/' after the domain's start, 16 bytes at a time, or the URL end.
- * 4. Counting: an open-addressing hash table (linear probing, 32-byte slots) keyed by the
- *    domain's bytes: a domain of up to 16 bytes is kept in its slot, a longer one in an
- *    arena, with its first 8 bytes in the slot. Domains are hashed in batches and their slots
- *    prefetched before any is looked up, so a table larger than the caches costs overlapping
- *    memory reads rather than one miss after another.
+ * 4. Counting: an open-addressing hash table (linear probing, 32-byte slots, at most half
+ *    full) keyed by the domain's bytes: a domain of up to 16 bytes is kept in its slot with
+ *    its count, a longer one in an arena record with its count, and its first 8 bytes in the
+ *    slot. Once the table outgrows the caches, domains are hashed in batches and their slots
+ *    prefetched before any is looked up, so lookups cost overlapping memory reads rather
+ *    than one miss after another; a table of several MiB is mapped in huge pages.
  *
  * Bytes are compared exactly; the bytes after a run are never read past the buffer's end.
  * The GIL is released while a run is scanned (the buffer stays exported, so it cannot move).
@@ -55,10 +56,14 @@ static unsigned CTZ64(uint64_t x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; 
 #endif
 
 #define NATIVE_ABI 1 /* bumped whenever the Python side must change with this file */
-#define BATCH 32     /* domains hashed and prefetched before they are looked up */
+#ifndef BATCH
+#define BATCH 32 /* domains hashed and prefetched before they are looked up */
+#endif
 #define KEY_INLINE 16
 #define HUGE_TABLE (4 << 20) /* bytes: a table this large is mapped in huge pages */
-#define SMALL_TABLE (1 << 14) /* slots: 512 KiB, within the caches */
+#ifndef SMALL_TABLE
+#define SMALL_TABLE (1 << 16) /* slots (2 MiB): a smaller table is looked up line by line */
+#endif
 
 /* -- loads ------------------------------------------------------------------------------ */
 
@@ -192,8 +197,16 @@ typedef struct {
     uint64_t w0, w1; /* up to 16 bytes: the key, zero padded; longer: 8 bytes, arena offset */
     uint32_t len;
     uint32_t hash;  /* the hash's low half: the slot's index, also when the table grows */
-    uint64_t count; /* 0: a free slot */
+    uint64_t count; /* 0: a free slot; 1 for a key over 16 bytes (counted in its record) */
 } Slot;
+
+/* A key over 16 bytes in the arena: this header, its bytes, zeros up to a multiple of 8.
+ * Its count is kept here, beside the bytes it is compared with, so that the counts can be
+ * read in the order the keys were met, one arena page after the other. */
+typedef struct {
+    uint64_t count;
+    uint64_t len;
+} Record;
 
 typedef struct {
     const uint8_t *p;
@@ -255,6 +268,7 @@ static int table_init(Counter *c, size_t slots) {
 static int table_grow(Counter *c) {
     size_t old = c->mask + 1, used = c->used;
     Slot *from = c->slots;
+    if (old >= (size_t)1 << 32) return -1; /* a slot's index comes from 32 bits of hash */
     if (table_init(c, 2 * old) < 0) {
         c->slots = from;
         return -1;
@@ -270,18 +284,25 @@ static int table_grow(Counter *c) {
     return 0;
 }
 
+static inline size_t record_size(size_t n) { return sizeof(Record) + ((n + 7) & ~(size_t)7); }
+
 static int arena_put(Counter *c, const uint8_t *p, size_t n, uint64_t *offset) {
-    if (c->arena_len + n > c->arena_cap) {
+    size_t size = record_size(n);
+    if (c->arena_len + size > c->arena_cap) {
         size_t cap = c->arena_cap ? 2 * c->arena_cap : 1 << 16;
-        while (cap < c->arena_len + n) cap *= 2;
+        while (cap < c->arena_len + size) cap *= 2;
         uint8_t *grown = realloc(c->arena, cap);
         if (!grown) return -1;
         c->arena = grown;
         c->arena_cap = cap;
     }
-    memcpy(c->arena + c->arena_len, p, n);
+    Record *r = (Record *)(c->arena + c->arena_len);
+    r->count = 1;
+    r->len = n;
+    memset((uint8_t *)(r + 1) + size - sizeof(Record) - 8, 0, 8);
+    memcpy(r + 1, p, n);
     *offset = c->arena_len;
-    c->arena_len += n;
+    c->arena_len += size;
     return 0;
 }
 
@@ -292,10 +313,17 @@ static inline int insert(Counter *c, const Pending *k) {
         Slot *s = &c->slots[i];
         if (!s->count) break;
         if (s->hash == hash && s->len == k->n && s->w0 == k->w0) {
-            if (k->n <= KEY_INLINE ? s->w1 == k->w1
-                                   : same_tail(c->arena + s->w1, k->p, k->n)) {
-                s->count++;
-                return 0;
+            if (k->n <= KEY_INLINE) {
+                if (s->w1 == k->w1) {
+                    s->count++;
+                    return 0;
+                }
+            } else {
+                Record *r = (Record *)(c->arena + s->w1);
+                if (same_tail((const uint8_t *)(r + 1), k->p, k->n)) {
+                    r->count++;
+                    return 0;
+                }
             }
         }
         i = (i + 1) & c->mask;
@@ -322,7 +350,7 @@ static void flush(Counter *c) {
         const Pending *k = &c->batch[i];
         const Slot *s = &c->slots[(uint32_t)k->h & c->mask];
         if (k->n > KEY_INLINE && s->count && s->hash == (uint32_t)k->h) {
-            PREFETCH(c->arena + s->w1 + 8);
+            PREFETCH(c->arena + s->w1 + sizeof(Record));
         }
     }
     for (size_t i = 0; i < c->pending && !c->nomem; i++) {
@@ -339,30 +367,30 @@ static inline void emit(Counter *c, const uint8_t *p, size_t n, const uint8_t *l
             c->only_hits++;
         return;
     }
-    Pending *k = &c->batch[c->pending++];
-    k->p = p;
-    k->n = n;
+    Pending k;
+    k.p = p;
+    k.n = n;
     if (LIKELY(p + 16 <= limit)) {
-        k->w0 = load64(p);
-        k->w1 = load64(p + 8);
+        k.w0 = load64(p);
+        k.w1 = load64(p + 8);
     } else {
-        k->w0 = load64_safe(p, limit);
-        k->w1 = load64_safe(p + 8, limit);
+        k.w0 = load64_safe(p, limit);
+        k.w1 = load64_safe(p + 8, limit);
     }
     if (n < 8) {
-        k->w0 = low_bytes(k->w0, n);
-        k->w1 = 0;
+        k.w0 = low_bytes(k.w0, n);
+        k.w1 = 0;
     } else if (n <= KEY_INLINE) {
-        k->w1 = low_bytes(k->w1, n - 8);
+        k.w1 = low_bytes(k.w1, n - 8);
     }
-    k->h = hash_key(p, n, k->w0, k->w1, c->seed);
-    if (n > KEY_INLINE) k->w1 = 0; /* the slot keeps the arena offset there */
+    k.h = hash_key(p, n, k.w0, k.w1, c->seed);
+    if (n > KEY_INLINE) k.w1 = 0; /* the slot keeps the arena offset there */
     if (c->mask < SMALL_TABLE) { /* in the caches: no need to wait for a batch */
-        c->pending = 0;
-        if (insert(c, k) < 0) c->nomem = 1;
+        if (insert(c, &k) < 0) c->nomem = 1;
         return;
     }
-    PREFETCH(&c->slots[(uint32_t)k->h & c->mask]);
+    PREFETCH(&c->slots[(uint32_t)k.h & c->mask]);
+    c->batch[c->pending++] = k;
     if (c->pending == BATCH) flush(c);
 }
 
@@ -526,9 +554,11 @@ static PyObject *Counter_add(Counter *self, PyObject *args) {
         PyBuffer_Release(&view);
         return NULL;
     }
-    if (begin < 0 || end < begin || end > view.len || record_limit < 0) {
+    if (begin < 0 || end < begin || end > view.len || record_limit < 0 ||
+        (uint64_t)record_limit > UINT32_MAX) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "need 0 <= begin <= end <= len(buffer), limit >= 0");
+        PyErr_SetString(
+            PyExc_ValueError, "need 0 <= begin <= end <= len(buffer) and 0 <= limit < 2**32");
         return NULL;
     }
     const uint8_t *buf = view.buf;
@@ -548,6 +578,17 @@ static PyObject *Counter_add(Counter *self, PyObject *args) {
     return Py_BuildValue("KK", (unsigned long long)out.lines, (unsigned long long)out.malformed);
 }
 
+/* result[key] = count; on failure, result is released and -1 returned. */
+static int put_count(PyObject *result, const uint8_t *key, size_t n, uint64_t count) {
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)n);
+    PyObject *v = k ? PyLong_FromUnsignedLongLong(count) : NULL;
+    int failed = !v || PyDict_SetItem(result, k, v) < 0;
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    if (failed) Py_DECREF(result);
+    return failed ? -1 : 0;
+}
+
 static PyObject *Counter_counts(Counter *self, PyObject *Py_UNUSED(ignored)) {
     if (check_ready(self) < 0) return NULL;
     PyObject *result = self->only ? PyDict_New() : _PyDict_NewPresized((Py_ssize_t)self->used);
@@ -564,27 +605,20 @@ static PyObject *Counter_counts(Counter *self, PyObject *Py_UNUSED(ignored)) {
         }
         return result;
     }
-    for (size_t i = 0; i <= self->mask; i++) {
+    for (size_t i = 0; i <= self->mask; i++) { /* keys of up to 16 bytes, from the slots */
         const Slot *s = &self->slots[i];
-        if (!s->count) continue;
-        PyObject *key;
-        if (s->len <= KEY_INLINE) {
-            uint8_t bytes[16];
-            uint64_t w[2] = {s->w0, s->w1};
-            for (int k = 0; k < 16; k++) bytes[k] = (uint8_t)(w[k / 8] >> (8 * (k % 8)));
-            key = PyBytes_FromStringAndSize((const char *)bytes, s->len);
-        } else {
-            key = PyBytes_FromStringAndSize((const char *)self->arena + s->w1, s->len);
-        }
-        PyObject *n = key ? PyLong_FromUnsignedLongLong(s->count) : NULL;
-        if (!n || PyDict_SetItem(result, key, n) < 0) {
-            Py_XDECREF(key);
-            Py_XDECREF(n);
-            Py_DECREF(result);
+        if (!s->count || s->len > KEY_INLINE) continue;
+        uint8_t bytes[16];
+        uint64_t w[2] = {s->w0, s->w1};
+        for (int k = 0; k < 16; k++) bytes[k] = (uint8_t)(w[k / 8] >> (8 * (k % 8)));
+        if (put_count(result, bytes, s->len, s->count) < 0) return NULL;
+    }
+    for (size_t at = 0; at < self->arena_len;) { /* longer keys, from the arena in order */
+        const Record *r = (const Record *)(self->arena + at);
+        if (put_count(result, (const uint8_t *)(r + 1), (size_t)r->len, r->count) < 0) {
             return NULL;
         }
-        Py_DECREF(key);
-        Py_DECREF(n);
+        at += record_size((size_t)r->len);
     }
     return result;
 }
