@@ -72,7 +72,7 @@ def generate_shape(shape: Shape, size: int, seed: int = 1) -> bytes:
             others = rnd.random() < shape.other_scheme
             url = rnd.choice(_OTHER_SCHEMES if others else _SCHEMES) + domain + b"/"
             if rnd.random() < shape.query_sep:
-                url += b"?u=http://" + rnd.choice(domains)[:6]
+                url += b"?u=http://" + rnd.choice(domains)[:6].decode("utf-8", "ignore").encode()
             want = rnd.randint(shape.line * 3 // 4, shape.line * 5 // 4)
             room = want - len(ident) - len(url) - 1 - len(ending)
             if room > 0:

@@ -200,16 +200,23 @@ def measure(path: Path, kernels: list[str], repeat: int, expected_path: Path) ->
     top = max(counts, key=counts.__getitem__) if counts else b""
     rounds: dict[str, list[dict[str, float]]] = {k: [] for k in kernels}
     ok = dict.fromkeys(kernels, True)
+    failed: dict[str, str] = {}
     for _ in range(repeat):
         for kernel in kernels:
+            if kernel in failed:
+                continue
             run = runner(kernel, top)
             cpu, wall = time.process_time(), time.perf_counter()
-            got = run(path)
+            try:
+                got = run(path)
+            except Exception as error:  # a peer that cannot read this data (invalid UTF-8)
+                failed[kernel] = str(error).splitlines()[0]
+                continue
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             rounds[kernel].append({"cpu_s": cpu, "wall_s": wall})
             ok[kernel] = ok[kernel] and exact(kernel, got, expected, top)
             del got
-    print(json.dumps({"rounds": rounds, "exact": ok}))
+    print(json.dumps({"rounds": rounds, "exact": ok, "failed": failed}))
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -254,7 +261,11 @@ def run_shape(path: Path, kernels: list[str], repeat: int) -> dict[str, Any]:
         "load_1m": load,
         "kernels": {},
     }
+    for kernel, why in measured["failed"].items():
+        row["kernels"][kernel] = {"failed": why}
     for kernel, rounds in measured["rounds"].items():
+        if kernel in measured["failed"]:
+            continue
         cpu = [r["cpu_s"] for r in rounds]
         entry = {
             "mb_s": statistics.median(size / s / 1e6 for s in cpu),
@@ -275,6 +286,9 @@ def show(name: str, row: dict[str, Any], kernels: list[str]) -> None:
     cells = []
     for kernel in kernels:
         k = row["kernels"][kernel]
+        if "failed" in k:
+            cells.append("failed")
+            continue
         ratio = f" {k['of_ceiling']:4.2f}" if "of_ceiling" in k and kernel != "ceiling" else ""
         flag = "" if k["exact"] else " WRONG"
         cells.append(f"{k['mb_s']:6.0f} {k['mlines_s']:5.1f}{ratio}{flag}")

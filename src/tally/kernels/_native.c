@@ -12,8 +12,8 @@
  * 2. Scheme: an 8-byte load at the URL's start recognises "http://" and "https://". Other
  *    URLs are searched for ':' followed by "//" (16 bytes at a time).
  * 3. Domain end: the first '/' after the domain's start, 16 bytes at a time, or the URL end.
- * 4. Counting: an open-addressing hash table (linear probing, 32-byte slots, at most half
- *    full) keyed by the domain's bytes: a domain of up to 16 bytes is kept in its slot with
+ * 4. Counting: an open-addressing hash table (linear probing, 32-byte slots, at most a
+ *    quarter full up to 1 MiB, half beyond) keyed by the domain's bytes: a domain of up to 16 bytes is kept in its slot with
  *    its count, a longer one in an arena record with its count, and its first 8 bytes in the
  *    slot. Once the table outgrows the caches, domains are hashed in batches and their slots
  *    prefetched before any is looked up, so lookups cost overlapping memory reads rather
@@ -61,6 +61,7 @@ static unsigned CTZ64(uint64_t x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; 
 #endif
 #define KEY_INLINE 16
 #define HUGE_TABLE (4 << 20) /* bytes: a table this large is mapped in huge pages */
+#define SPARSE_TABLE (1 << 15) /* slots (1 MiB): up to this size, probes are kept short */
 #ifndef SMALL_TABLE
 #define SMALL_TABLE (1 << 16) /* slots (2 MiB): a smaller table is looked up line by line */
 #endif
@@ -328,7 +329,8 @@ static inline int insert(Counter *c, const Pending *k) {
         }
         i = (i + 1) & c->mask;
     }
-    if (2 * (c->used + 1) > c->mask + 1) { /* keep the table at most half full */
+    size_t slots = c->mask + 1; /* at most a quarter full up to 1 MiB, half beyond */
+    if (c->used + 1 > (2 * slots <= SPARSE_TABLE ? slots / 4 : slots / 2)) {
         if (table_grow(c) < 0) return -1;
         return insert(c, k);
     }
