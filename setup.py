@@ -5,15 +5,22 @@ does not compile (no compiler, no Python headers), setuptools warns and goes on,
 fast kernel uses its NumPy and Arrow path (tally.kernels.columnar) instead.
 """
 
+import hashlib
 import os
+from pathlib import Path
 
 from setuptools import Extension, setup
+
+SOURCE = "src/tally/kernels/_native.c"
+DIGEST = hashlib.sha256((Path(__file__).resolve().parent / SOURCE).read_bytes())
 
 setup(
     ext_modules=[
         Extension(
             "tally.kernels._native",
-            sources=["src/tally/kernels/_native.c"],
+            sources=[SOURCE],
+            # the module knows which source it was built from (a test finds a stale build)
+            define_macros=[("NATIVE_SOURCE", f'"{DIGEST.hexdigest()[:16]}"')],
             extra_compile_args=[] if os.name == "nt" else ["-O3"],
             optional=True,
         )

@@ -5,6 +5,7 @@ end where the buffer ends, tables that grow, misuse)."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import io
 import mmap
 import os
@@ -34,6 +35,8 @@ def test_the_extension_is_built_where_a_compiler_is() -> None:
     if COMPILER is None:
         pytest.skip("no C compiler here")
     assert NATIVE is not None, "tally.kernels._native is missing or stale: pip install -e ."
+    digest = hashlib.sha256((ROOT / "src/tally/kernels/_native.c").read_bytes()).hexdigest()
+    assert digest[:16] == NATIVE.SOURCE, "_native.c changed since it was built: pip install -e ."
     if os.environ.get("TALLY_NATIVE") != "0":
         assert fast.IMPLEMENTATION == "native"
 

@@ -2,6 +2,7 @@
 
 ABI: int
 SSE2: int
+SOURCE: str  # the first hex digits of the SHA-256 of the _native.c it was built from
 
 class Counter:
     def __init__(
