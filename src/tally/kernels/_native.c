@@ -13,11 +13,12 @@
  *    almost every URL, with any scheme; no branch on which scheme it is).
  * 3. Domain end: the first '/' after the domain's start, 16 bytes at a time, or the URL end.
  * 4. Counting: an open-addressing hash table (linear probing, 32-byte slots, at most a
- *    quarter full up to 1 MiB, half beyond) keyed by the domain's bytes: a domain of up to 16 bytes is kept in its slot with
- *    its count, a longer one in an arena record with its count, and its first 8 bytes in the
- *    slot. Once the table outgrows the caches, domains are hashed in batches and their slots
- *    prefetched before any is looked up, so lookups cost overlapping memory reads rather
- *    than one miss after another; a table of several MiB is mapped in huge pages.
+ *    quarter full up to 1 MiB, half beyond) keyed by the domain's bytes: a domain of up to
+ *    16 bytes is kept in its slot with its count, a longer one in an arena record with its
+ *    count, and its first 8 bytes in the slot. Once the table outgrows the caches, domains
+ *    are hashed in batches and their slots prefetched before any is looked up, so lookups
+ *    cost overlapping memory reads rather than one miss after another; a table of several
+ *    MiB is mapped in huge pages.
  *
  * Bytes are compared exactly; the bytes after a run are never read past the buffer's end.
  * The GIL is released while a run is scanned (the buffer stays exported, so it cannot move).
@@ -81,12 +82,17 @@ static inline uint64_t load64(const uint8_t *p) {
     return x;
 }
 
-/* Up to 8 bytes at p (fewer when the buffer ends first), zero filled. */
-static inline uint64_t load64_safe(const uint8_t *p, const uint8_t *limit) {
-    if (LIKELY(p + 8 <= limit)) return load64(p);
-    uint8_t tmp[8] = {0};
-    if (p < limit) memcpy(tmp, p, (size_t)(limit - p));
-    return load64(tmp);
+/* The 16 bytes at p <= limit as two words, zero filled where the buffer ends first. */
+static inline void load128_safe(
+    const uint8_t *p, const uint8_t *limit, uint64_t *w0, uint64_t *w1) {
+    const uint8_t *from = p;
+    uint8_t tmp[16] = {0};
+    if (UNLIKELY((size_t)(limit - p) < 16)) {
+        memcpy(tmp, p, (size_t)(limit - p));
+        from = tmp;
+    }
+    *w0 = load64(from);
+    *w1 = load64(from + 8);
 }
 
 /* The low n bytes of x (n <= 8). */
@@ -102,7 +108,7 @@ static inline const uint8_t *find_byte(
 #if HAVE_SSE2
     if (!portable) {
         const __m128i needle = _mm_set1_epi8((char)c);
-        while (p < q && p + 16 <= limit) {
+        while (p < q && (size_t)(limit - p) >= 16) {
             unsigned m = (unsigned)_mm_movemask_epi8(
                 _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)p), needle));
             if (m) {
@@ -375,13 +381,7 @@ static inline void emit(Counter *c, const uint8_t *p, size_t n, const uint8_t *l
     Pending k;
     k.p = p;
     k.n = n;
-    if (LIKELY(p + 16 <= limit)) {
-        k.w0 = load64(p);
-        k.w1 = load64(p + 8);
-    } else {
-        k.w0 = load64_safe(p, limit);
-        k.w1 = load64_safe(p + 8, limit);
-    }
+    load128_safe(p, limit, &k.w0, &k.w1);
     if (n < 8) {
         k.w0 = low_bytes(k.w0, n);
         k.w1 = 0;
@@ -460,7 +460,7 @@ static Lines scan(
     uint8_t tail[64];
     for (size_t b = 0; b < n; b += 64) {
         uint64_t nl, tab;
-        if (LIKELY(base + b + 64 <= limit)) {
+        if (LIKELY((size_t)(limit - (base + b)) >= 64)) {
             block_masks(base + b, c->portable, &nl, &tab);
         } else {
             memset(tail, 0, sizeof tail);
