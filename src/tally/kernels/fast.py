@@ -7,8 +7,8 @@ carried over from the previous one, gives a *piece* of whole lines, which one of
 implementations counts:
 
 - ``native``: the C extension ``tally.kernels._native`` (``_native.c``), built when the
-  package is installed if a C compiler is there: one pass over the piece's bytes per piece,
-  domains counted in its own hash table. See the C file for how.
+  package is installed if a C compiler is there: one pass over each piece's bytes, the
+  domains counted in its own hash table (the C file says how).
 - ``numpy``: :mod:`tally.kernels.columnar`, NumPy and Arrow calls over whole pieces; used
   when the extension was not built, cannot be loaded, is from another version of this file,
   or ``TALLY_NATIVE=0`` is set.
