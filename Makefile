@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # the full install (tests, checks, `tally report`) includes the base one (what a worker needs)
 # the fast kernel's C extension is built by the install: rebuilt when its source changes
-NATIVE := setup.py src/tally/kernels/_native.c
+NATIVE := setup.py $(wildcard src/tally/kernels/_native*.[ch])
 
 $(STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,report]'

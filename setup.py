@@ -11,15 +11,19 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCE = "src/tally/kernels/_native.c"
-DIGEST = hashlib.sha256((Path(__file__).resolve().parent / SOURCE).read_bytes())
+KERNELS = "src/tally/kernels"
+HEADERS = [f"{KERNELS}/_native_common.h", f"{KERNELS}/_native_table.h"]
+SOURCE = f"{KERNELS}/_native.c"
+HERE = Path(__file__).resolve().parent
+DIGEST = hashlib.sha256(b"".join((HERE / name).read_bytes() for name in [SOURCE, *HEADERS]))
 
 setup(
     ext_modules=[
         Extension(
             "tally.kernels._native",
             sources=[SOURCE],
-            # the module knows which source it was built from (a test finds a stale build)
+            depends=HEADERS,
+            # the module knows which sources it was built from (a test finds a stale build)
             define_macros=[("NATIVE_SOURCE", f'"{DIGEST.hexdigest()[:16]}"')],
             extra_compile_args=[] if os.name == "nt" else ["-O3"],
             optional=True,
