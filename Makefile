@@ -13,11 +13,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # the full install (tests, checks, `tally report`) includes the base one (what a worker needs)
-$(STAMP): pyproject.toml | $(BIN)/python
+# the fast kernel's C extension is built by the install: rebuilt when its source changes
+NATIVE := setup.py $(wildcard src/tally/kernels/_native*.[ch])
+
+$(STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,report]'
 	touch $(STAMP) $(BASE_STAMP)
 
-$(BASE_STAMP): pyproject.toml | $(BIN)/python
+$(BASE_STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(BASE_STAMP)
 

@@ -1,188 +1,129 @@
-"""Per-core throughput of domain-count kernels on a generated partition (warm page cache).
+"""Per-core throughput of domain-count kernels over a matrix of data shapes (warm page cache).
 
-    .venv/bin/python bench/kernel_speed.py        # every candidate, 1 and default threads
-    .venv/bin/python bench/kernel_speed.py --data sample       # the 200 real lines, repeated
-    .venv/bin/python bench/kernel_speed.py --only fast polars --parallel 2
-    .venv/bin/python bench/kernel_speed.py --only fast --file PARTITION.tsv  # a given partition
+    .venv/bin/python bench/kernel_speed.py      # the matrix: fast, fast-numpy and the ceiling
+    .venv/bin/python bench/kernel_speed.py --shapes short-logs generated --repeat 7
+    .venv/bin/python bench/kernel_speed.py --kernels fast polars duckdb --shapes generated
+    .venv/bin/python bench/kernel_speed.py --file PARTITION.tsv  # a given partition
 
-Each measurement runs in a fresh subprocess (thread settings must precede the imports) and
-reports the best of ``--repeat`` runs over the whole file (generated once into
-/tmp/tally-bench, or the partition given with ``--file``). Candidates:
+Shapes (bench/kernel_shapes.py): line length 40, 60, 100 and 300 bytes times 10, 3,000 and
+1 million distinct domains; then 60-byte lines with half the URLs without a scheme, half with
+``://`` in their query string, half with other schemes (``HTTP://``, ``Https://``, ``ftp://``),
+CRLF endings; the short logs that combine them (57 bytes a line, mixed-case schemes, ``://``
+in queries), with and without CRLF; the generator's log; the 200 real lines repeated. Each is
+generated once into /tmp/tally-bench (``--size-mib``, default 32, a partition's size).
 
-- reference     plain Python, line by line (tally.kernels.reference)
-- fast          NumPy byte scanning + Arrow hashing of the domains (tally.kernels.fast)
-- fast-only     the same with ``only=b"go.mail"``
-- numpy-counter the fast kernel's NumPy scanning, domains counted with a Python Counter
+Per core: throughput is bytes (and lines) over the CPU seconds of the measuring process, user
+plus system, so it holds on a machine shared with other work, and a kernel that used threads
+is charged for all of them. Each shape is measured in a fresh process that runs every kernel
+once per round, ``--repeat`` rounds (default 5) interleaved, so the kernels share the
+machine's conditions; a figure is the median over the rounds, and the ratio to the ceiling is
+the median of the rounds' ratios. The load average is recorded before each shape.
+
+Kernels (every result is checked against the reference kernel's, cached with the data):
+
+- ceiling       read the partition in 2 MiB chunks and find every newline with NumPy
+                (``np.flatnonzero(chunk == 10)``): the least a line-splitting kernel does
+- fast          tally.kernels.fast as installed (the C extension when it was built)
+- fast-numpy    the same with the NumPy and Arrow fallback (tally.kernels.columnar)
+- fast-only     the fast kernel with ``only=`` the partition's most frequent domain
+- reference     plain Python, line by line (the oracle)
 - arrow-regex   lines as an Arrow binary array, RE2 ``extract_regex``, ``value_counts``
-- polars        ``scan_csv`` + string expressions + ``group_by``, streaming engine
-- duckdb        ``read_csv`` + string functions + ``GROUP BY``
+- polars        ``scan_csv`` + string expressions + ``group_by``, streaming engine, 1 thread
+- duckdb        ``read_csv`` + string functions + ``GROUP BY``, 1 thread
 
-Only reference, fast and numpy-counter implement every edge case of the rule; the others
-need valid UTF-8 (polars, duckdb) or skip some cases, so they are measured for speed only,
-and checked against the reference on the generated data (which has no such cases).
+polars and duckdb need valid UTF-8 and skip some cases of the rule; arrow-regex too: they
+are measured for speed, and their ``exact`` column says whether they matched on that data.
+Results: bench/results/kernel_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import hashlib
 import json
 import os
-import random
+import platform
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "reference"
-CACHE = Path("/tmp/tally-bench")  # generated partitions and reference results
-CANDIDATES = [
-    "reference",
-    "fast",
-    "fast-only",
-    "numpy-counter",
-    "arrow-regex",
-    "polars",
-    "duckdb",
-]
-Counts = dict[bytes, int]
+import kernel_shapes
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path("/tmp/tally-bench")
+RESULTS = ROOT / "bench" / "results" / "kernel_speed.json"
+DEFAULT_KERNELS = ["fast", "fast-numpy", "ceiling"]
+KERNELS = [*DEFAULT_KERNELS, "fast-only", "reference", "arrow-regex", "polars", "duckdb"]
+Result = tuple[dict[bytes, int], int, int]  # counts, lines, malformed
 
 
-def generate(size: int, seed: int = 1) -> bytes:
-    """Lines ``<id>\\t<url>\\n`` of ~100 bytes: about half of them in the 25 most frequent
-    domains of the published result, the rest in a long tail of ~8000 synthetic domains,
-    with paths taken from the 200-line ClickBench sample."""
-    rnd = random.Random(seed)
-    paths = []
-    for line in (SHARED / "clickbench-sample-200.tsv").read_bytes().splitlines():
-        url = line.split(b"\t")[1]
-        sep = url.find(b"://")
-        rest = url[sep + 3 :] if sep >= 0 else url
-        slash = rest.find(b"/")
-        paths.append(rest[slash:] if slash >= 0 else b"/")
-    top = [
-        line.rsplit(b" ", 1)
-        for line in (SHARED / "clickbench-top25-expected.txt").read_bytes().splitlines()
-    ]
-    top_domains, top_weights = [d for d, _ in top], [int(c) for _, c in top]
-    words = [b"shop", b"news", b"auto", b"kino", b"mail", b"forum", "город".encode(), b"sport"]
-    tlds = [b".ru", b".com", b".ua", b".net", b".info", b".org", ".рф".encode()]
-    tail = sorted({rnd.choice(words) + b"%d" % i + rnd.choice(tlds) for i in range(8000)})
-    tail_weights = [1 / (i + 1) for i in range(len(tail))]
-    out: list[bytes] = []
-    total = 0
-    while total < size:
-        tops = rnd.choices(top_domains, top_weights, k=1000)
-        tails = rnd.choices(tail, tail_weights, k=1000)
-        for head, other in zip(tops, tails, strict=True):
-            domain = head if rnd.random() < 0.5 else other
-            if domain.startswith(b"http:"):
-                url = domain
-            elif rnd.random() < 0.03:
-                url = b"http:%2F%2F" + domain
-            else:
-                path = (rnd.choice(paths) + rnd.choice(paths))[: rnd.randint(20, 150)]
-                path = path.decode("utf-8", "ignore").encode()  # no character cut in two
-                url = rnd.choice((b"http://", b"https://")) + domain + path
-            line = b"%d\t%s\n" % (rnd.getrandbits(63), url)
-            out.append(line)
-            total += len(line)
-    return b"".join(out)
+# -- kernels (run inside the measuring process) ---------------------------------------------
 
 
-def repeat_sample(size: int, seed: int = 1) -> bytes:
-    """The 200 real ClickBench lines in random order with fresh ids, up to ``size`` bytes."""
-    rnd = random.Random(seed)
-    urls = [
-        line.split(b"\t")[1]
-        for line in (SHARED / "clickbench-sample-200.tsv").read_bytes().splitlines()
-    ]
-    out: list[bytes] = []
-    total = 0
-    while total < size:
-        line = b"%d\t%s\n" % (rnd.getrandbits(63), rnd.choice(urls))
-        out.append(line)
-        total += len(line)
-    return b"".join(out)
+def run_ceiling(path: Path) -> Result:
+    import numpy as np
+
+    buffer = bytearray(2 << 20)
+    lines = 0
+    with path.open("rb", buffering=0) as stream:
+        while got := stream.readinto(buffer):
+            lines += len(np.flatnonzero(np.frombuffer(buffer, np.uint8, got) == 10))
+    return {}, lines, 0
 
 
-# -- candidates (run inside the measuring subprocess) -------------------------------------
+def run_fast(path: Path, numpy: bool = False, only: bytes | None = None) -> Result:
+    from tally.kernels import fast
+
+    native = fast._native
+    if numpy:
+        fast._native = None
+    try:
+        with path.open("rb") as stream:
+            result = fast.count_domains(stream, only=only)
+    finally:
+        fast._native = native
+    return result.counts, result.lines, result.malformed
 
 
-def run_reference(path: Path) -> Counts:
+def run_reference(path: Path) -> Result:
     from tally.kernels import reference
 
     with path.open("rb") as stream:
-        return reference.count_domains(stream).counts
+        result = reference.count_domains(stream)
+    return result.counts, result.lines, result.malformed
 
 
-def run_fast(path: Path, only: bytes | None = None) -> Counts:
-    from tally.kernels import fast
-
-    with path.open("rb") as stream:
-        return fast.count_domains(stream, only=only).counts
-
-
-def line_aligned_chunks(path: Path, size: int = 8 << 20) -> list[bytes]:
-    data = path.read_bytes()
-    chunks, start = [], 0
-    while start < len(data):
-        end = data.rfind(b"\n", start, start + size) + 1 or len(data)
-        chunks.append(data[start:end])
-        start = end
-    return chunks
-
-
-def run_numpy_counter(path: Path) -> Counts:
-    import numpy as np
-
-    from tally.kernels import fast
-
-    counts: collections.Counter[bytes] = collections.Counter()
-    with path.open("rb") as stream:
-        while block := stream.read(8 << 20):
-            buffer = bytearray(block)
-            while buffer[-1:] != b"\n" and (more := stream.read(4096)):
-                buffer += more
-            size = len(buffer)
-            buffer += bytes(fast._PAD)
-            piece = fast._Piece(buffer, 0, size, 1 << 20)
-            good = np.flatnonzero(piece.good)
-            starts = piece.start[good].tolist()
-            stops = (piece.start[good] + piece.length[good]).tolist()
-            data = bytes(buffer)
-            counts.update(data[a:b] for a, b in zip(starts, stops, strict=True))
-    return dict(counts)
-
-
-def run_arrow_regex(path: Path) -> Counts:
+def run_arrow_regex(path: Path) -> Result:
     import numpy as np
     import pyarrow as pa  # type: ignore[import-untyped]
     import pyarrow.compute as pc  # type: ignore[import-untyped]
 
-    pa.set_cpu_count(int(os.environ.get("BENCH_THREADS", pa.cpu_count())))
     pattern = r"^[^\t\n]*\t(?:[^\t\n]*?://(?P<d>[^/\t\n]*)|(?P<u>[^\t\n]*))"
-    counts: Counts = {}
-    for chunk in line_aligned_chunks(path):
-        buf = np.frombuffer(chunk, dtype=np.uint8)
-        ends = np.flatnonzero(buf == 10)
+    counts: dict[bytes, int] = {}
+    data = path.read_bytes()
+    start = 0
+    while start < len(data):
+        end = data.rfind(b"\n", start, start + (8 << 20)) + 1 or len(data)
+        chunk = data[start:end]
+        start = end
+        ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
         offsets = np.concatenate([[0], ends + 1]).astype(np.int32)
         lines = pa.Array.from_buffers(
             pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(chunk)]
         )
         match = pc.extract_regex(lines, pattern)
         sep = pc.greater_equal(pc.find_substring(lines, "://"), 0)
-        domains = pc.if_else(sep, match.field("d"), match.field("u"))
-        found = pc.value_counts(domains)
+        found = pc.value_counts(pc.if_else(sep, match.field("d"), match.field("u")))
         for key, n in zip(found.field(0).to_pylist(), found.field(1).to_pylist(), strict=True):
-            counts[key] = counts.get(key, 0) + n
-    return counts
+            if key:
+                counts[key] = counts.get(key, 0) + n
+    return counts, -1, -1
 
 
-def run_polars(path: Path) -> Counts:
+def run_polars(path: Path) -> Result:
     import polars as pl
 
     url = pl.col("url")
@@ -204,15 +145,14 @@ def run_polars(path: Path) -> Counts:
         .len()
     )
     frame = query.collect(engine="streaming")
-    return {d.encode(): n for d, n in frame.iter_rows()}
+    return {d.encode(): n for d, n in frame.iter_rows()}, -1, -1
 
 
-def run_duckdb(path: Path) -> Counts:
+def run_duckdb(path: Path) -> Result:
     import duckdb
 
     con = duckdb.connect()
-    if "BENCH_THREADS" in os.environ:
-        con.execute(f"SET threads = {int(os.environ['BENCH_THREADS'])}")
+    con.execute("SET threads = 1")
     rows = con.execute(
         """
         SELECT CASE WHEN strpos(url, '://') > 0
@@ -225,105 +165,178 @@ def run_duckdb(path: Path) -> Counts:
         """,
         [str(path)],
     ).fetchall()
-    return {d.encode(): n for d, n in rows}
+    return {d.encode(): n for d, n in rows}, -1, -1
 
 
-RUNNERS: dict[str, Callable[[Path], Counts]] = {
-    "reference": run_reference,
-    "fast": run_fast,
-    "fast-only": lambda path: run_fast(path, only=b"go.mail"),
-    "numpy-counter": run_numpy_counter,
-    "arrow-regex": run_arrow_regex,
-    "polars": run_polars,
-    "duckdb": run_duckdb,
-}
+def runner(kernel: str, top: bytes) -> Callable[[Path], Result]:
+    return {
+        "ceiling": run_ceiling,
+        "fast": run_fast,
+        "fast-numpy": lambda path: run_fast(path, numpy=True),
+        "fast-only": lambda path: run_fast(path, only=top),
+        "reference": run_reference,
+        "arrow-regex": run_arrow_regex,
+        "polars": run_polars,
+        "duckdb": run_duckdb,
+    }[kernel]
 
 
-def measure(candidate: str, path: Path, repeat: int) -> None:
-    """Subprocess side: print a JSON line with the best throughput and the result check."""
-    run = RUNNERS[candidate]
-    size = path.stat().st_size
-    best = float("inf")
-    counts: Counts = {}
+def exact(kernel: str, got: Result, expected: Result, top: bytes) -> bool:
+    counts, lines, malformed = expected
+    if kernel == "ceiling":  # every newline, so blank lines too; the data has none
+        return got[1] == lines
+    if kernel == "fast-only":
+        counts = {top: counts[top]} if top in counts else {}
+    if got[1] < 0:  # the peers count no lines
+        return got[0] == counts
+    return got == (counts, lines, malformed)
+
+
+def measure(path: Path, kernels: list[str], repeat: int, expected_path: Path) -> None:
+    """Measuring-process side: one JSON line with every round of every kernel."""
+    saved = json.loads(expected_path.read_text())
+    counts = {k.encode("latin-1"): v for k, v in saved["counts"].items()}
+    expected = (counts, saved["lines"], saved["malformed"])
+    top = max(counts, key=counts.__getitem__) if counts else b""
+    rounds: dict[str, list[dict[str, float]]] = {k: [] for k in kernels}
+    ok = dict.fromkeys(kernels, True)
+    failed: dict[str, str] = {}
     for _ in range(repeat):
-        began = time.perf_counter()
-        counts = run(path)
-        best = min(best, time.perf_counter() - began)
-    expected = json.loads(Path(os.environ["BENCH_EXPECTED"]).read_text())
-    got = {k.decode("utf-8", "backslashreplace"): v for k, v in counts.items()}
-    if candidate == "fast-only":
-        expected = {k: v for k, v in expected.items() if k == "go.mail"}
-    print(json.dumps({"mb_s": size / best / 1e6, "exact": got == expected}))
+        for kernel in kernels:
+            if kernel in failed:
+                continue
+            run = runner(kernel, top)
+            cpu, wall = time.process_time(), time.perf_counter()
+            try:
+                got = run(path)
+            except Exception as error:  # a peer that cannot read this data (invalid UTF-8)
+                failed[kernel] = str(error).splitlines()[0]
+                continue
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            rounds[kernel].append({"cpu_s": cpu, "wall_s": wall})
+            ok[kernel] = ok[kernel] and exact(kernel, got, expected, top)
+            del got
+    print(json.dumps({"rounds": rounds, "exact": ok, "failed": failed}))
 
 
-def spawn(candidate: str, path: Path, threads: int | None, repeat: int) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    if threads is not None:
-        env.update(
-            BENCH_THREADS=str(threads),
-            POLARS_MAX_THREADS=str(threads),
-            OMP_NUM_THREADS=str(threads),
-        )
-    env["BENCH_EXPECTED"] = expected_counts(path)
-    command = [sys.executable, __file__, "--measure", candidate, "--file", str(path)]
-    return subprocess.Popen(
-        [*command, "--repeat", str(repeat)], env=env, stdout=subprocess.PIPE, text=True
-    )
+# -- the driver -------------------------------------------------------------------------------
 
 
-def expected_counts(path: Path) -> str:
-    """A JSON file in CACHE with the reference result for ``path`` (computed once)."""
-    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    expected = CACHE / f"{path.name}-{key}.expected.json"
-    CACHE.mkdir(parents=True, exist_ok=True)
+def partition(shape: str, size_mib: int) -> Path:
+    path = CACHE / f"{shape}-{size_mib}mib.tsv"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_bytes(kernel_shapes.GENERATORS[shape](size_mib << 20))
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def expected_result(path: Path) -> Path:
+    """A JSON file beside ``path`` with the reference kernel's result (computed once)."""
+    expected = path.with_name(path.name + ".expected.json")
     if not expected.exists() or expected.stat().st_mtime < path.stat().st_mtime:
-        counts = run_reference(path)
-        text = {k.decode("utf-8", "backslashreplace"): v for k, v in counts.items()}
-        expected.write_text(json.dumps(text))
-    return str(expected)
+        counts, lines, malformed = run_reference(path)
+        text = {k.decode("latin-1"): v for k, v in counts.items()}
+        doc = {"counts": text, "lines": lines, "malformed": malformed}
+        expected.write_text(json.dumps(doc))
+    return expected
+
+
+def run_shape(path: Path, kernels: list[str], repeat: int) -> dict[str, Any]:
+    expected = expected_result(path)
+    saved = json.loads(expected.read_text())
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench")]))
+    env.update(POLARS_MAX_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    load = os.getloadavg()[0]
+    command = [sys.executable, __file__, "--measure", str(path), str(expected)]
+    command += ["--repeat", str(repeat), "--kernels", *kernels]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    measured = json.loads(done.stdout)
+    size, lines = path.stat().st_size, saved["lines"]
+    ceiling = [r["cpu_s"] for r in measured["rounds"].get("ceiling", [])]
+    row: dict[str, Any] = {
+        "bytes": size,
+        "lines": lines,
+        "distinct": len(saved["counts"]),
+        "load_1m": load,
+        "kernels": {},
+    }
+    for kernel, why in measured["failed"].items():
+        row["kernels"][kernel] = {"failed": why}
+    for kernel, rounds in measured["rounds"].items():
+        if kernel in measured["failed"]:
+            continue
+        cpu = [r["cpu_s"] for r in rounds]
+        entry = {
+            "mb_s": statistics.median(size / s / 1e6 for s in cpu),
+            "mlines_s": statistics.median(lines / s / 1e6 for s in cpu),
+            "wall_mb_s": statistics.median(size / r["wall_s"] / 1e6 for r in rounds),
+            "exact": measured["exact"][kernel],
+            "cpu_s": cpu,
+        }
+        if ceiling:
+            ratios = [c / s for c, s in zip(ceiling, cpu, strict=True)]
+            entry["of_ceiling"] = statistics.median(ratios)
+        row["kernels"][kernel] = entry
+    return row
+
+
+def show(name: str, row: dict[str, Any], kernels: list[str]) -> None:
+    head = f"{name:17} {row['bytes'] / row['lines']:5.0f} {row['distinct']:>8,}"
+    cells = []
+    for kernel in kernels:
+        k = row["kernels"][kernel]
+        if "failed" in k:
+            cells.append("failed")
+            continue
+        ratio = f" {k['of_ceiling']:4.2f}" if "of_ceiling" in k and kernel != "ceiling" else ""
+        flag = "" if k["exact"] else " WRONG"
+        cells.append(f"{k['mb_s']:6.0f} {k['mlines_s']:5.1f}{ratio}{flag}")
+    print(f"{head}  " + "  ".join(f"{c:>21}" for c in cells), f"  load {row['load_1m']:.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=CANDIDATES, default=CANDIDATES)
-    parser.add_argument("--size-mib", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--parallel", type=int, default=1, help="processes at once (1 thread)")
-    parser.add_argument(
-        "--data", choices=["generated", "sample"], default="generated", help="what to generate"
-    )
-    parser.add_argument("--file", type=Path, help="partition to use instead of generating one")
-    parser.add_argument("--measure", choices=CANDIDATES, help=argparse.SUPPRESS)
+    parser.add_argument("--shapes", nargs="+", choices=list(kernel_shapes.GENERATORS))
+    parser.add_argument("--file", type=Path, help="measure this partition instead")
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=DEFAULT_KERNELS)
+    parser.add_argument("--size-mib", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results ('-': none)")
+    parser.add_argument("--measure", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        measure(args.measure, args.file, args.repeat)
+        measure(args.measure[0], args.kernels, args.repeat, args.measure[1])
         return
-    path = args.file
-    if path is None:
-        path = CACHE / f"kernel-{args.data}-{args.size_mib}mib.tsv"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            make = generate if args.data == "generated" else repeat_sample
-            path.write_bytes(make(args.size_mib << 20))
-    path.read_bytes()  # warm the page cache
-    print(f"{path} ({path.stat().st_size / 1e6:.0f} MB), {os.cpu_count()} cores")
-    if args.parallel == 1:
-        print(f"{'candidate':14} {'1 thread':>10} {'default':>10}  exact")
-    for candidate in args.only:
-        if args.parallel > 1:
-            procs = [spawn(candidate, path, 1, args.repeat) for _ in range(args.parallel)]
-            results = [json.loads(p.communicate()[0]) for p in procs]
-            total = sum(r["mb_s"] for r in results)
-            print(f"{candidate:14} {args.parallel} processes x 1 thread: {total:7.0f} MB/s total")
-            continue
-        row = []
-        for threads in (1, None):
-            proc = spawn(candidate, path, threads, args.repeat)
-            row.append(json.loads(proc.communicate()[0]))
-        print(
-            f"{candidate:14} {row[0]['mb_s']:7.0f} MB/s {row[1]['mb_s']:7.0f} MB/s"
-            f"  {'yes' if row[0]['exact'] else 'NO'}"
-        )
+    from tally.kernels import fast
+
+    shapes = args.shapes or [s for s in kernel_shapes.GENERATORS if s != "sample"]
+    paths = {args.file.name: args.file} if args.file else {}
+    paths.update({s: partition(s, args.size_mib) for s in ([] if args.file else shapes)})
+    print(
+        f"{os.cpu_count()} cores, fast kernel: {fast.IMPLEMENTATION}; per kernel: MB/s and "
+        f"million lines/s per CPU second, median of {args.repeat} rounds, and its ratio to "
+        "the ceiling"
+    )
+    print(
+        f"{'shape':17} {'B/ln':>5} {'distinct':>8}  " + "  ".join(f"{k:>21}" for k in args.kernels)
+    )
+    results: dict[str, Any] = {}
+    for name, path in paths.items():
+        path.read_bytes()  # warm the page cache
+        results[name] = run_shape(path, args.kernels, args.repeat)
+        results[name]["shape"] = kernel_shapes.DESCRIPTIONS.get(name, str(path))
+        show(name, results[name], args.kernels)
+    if str(args.out) != "-":
+        doc = {
+            "machine": f"{platform.machine()} {os.cpu_count()} cores {platform.processor()}",
+            "python": platform.python_version(),
+            "implementation": fast.IMPLEMENTATION,
+            "repeat": args.repeat,
+            "size_mib": args.size_mib,
+            "shapes": results,
+        }
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

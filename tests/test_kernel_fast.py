@@ -1,10 +1,18 @@
-"""The fast kernel against the reference kernel: same result on every input, bounded memory."""
+"""The fast kernel against the reference kernel: same result on every input, bounded memory.
+
+Every test runs on each implementation of the fast kernel: ``native`` (the C extension),
+``portable`` (the same without SSE2, as on other CPUs) and ``numpy`` (the fallback when the
+extension was not built)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from unittest import mock
 
 import numpy as np
@@ -13,9 +21,47 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SAMPLE
-from tally.kernels import DEFAULT_CHUNK_SIZE, DEFAULT_RECORD_LIMIT, DomainCounts, fast, reference
+from tally.kernels import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_RECORD_LIMIT,
+    DomainCounts,
+    columnar,
+    fast,
+    reference,
+)
 
 MiB = 1 << 20
+IMPLEMENTATIONS = ["native", "portable", "numpy"]
+
+
+def built_extension() -> ModuleType | None:
+    """The C extension as the installed package has it (whatever TALLY_NATIVE says)."""
+    try:
+        module = importlib.import_module("tally.kernels._native")
+    except ImportError:
+        return None
+    return module if getattr(module, "ABI", None) == fast._ABI else None
+
+
+NATIVE = built_extension()
+
+
+@contextlib.contextmanager
+def implementation(name: str) -> Iterator[None]:
+    """Run the fast kernel as ``name`` (skipped where the extension was not built)."""
+    if name != "numpy" and NATIVE is None:
+        pytest.skip("the C extension is not built here")
+    with (
+        mock.patch.object(fast, "_native", None if name == "numpy" else NATIVE),
+        mock.patch.object(fast, "_PORTABLE", name == "portable"),
+    ):
+        yield
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    with implementation(request.param):
+        yield request.param
 
 
 class Trickle:
@@ -122,13 +168,15 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
     partition=partitions(),
     chunk_size=st.integers(1, 64),
     record_limit=st.one_of(st.integers(0, 60), st.just(DEFAULT_RECORD_LIMIT)),
-    scan_share=st.sampled_from([0, fast._SCAN_SHARE, 1 << 40]),
-    dense_share=st.sampled_from([0, fast._DENSE_SHARE, 1 << 40]),
-    merge_at=st.sampled_from([1, fast._MERGE_AT]),
+    scan_share=st.sampled_from([0, columnar._SCAN_SHARE, 1 << 40]),
+    dense_share=st.sampled_from([0, columnar._DENSE_SHARE, 1 << 40]),
+    merge_at=st.sampled_from([1, columnar._MERGE_AT]),
     first_read=st.sampled_from([1, 3, fast._FIRST_READ]),
+    name=st.sampled_from(IMPLEMENTATIONS),
 )
 def test_matches_reference(
     data: st.DataObject,
+    name: str,
     partition: bytes,
     chunk_size: int,
     record_limit: int,
@@ -137,15 +185,19 @@ def test_matches_reference(
     merge_at: int,
     first_read: int,
 ) -> None:
-    """Every query form, with every way of working: ``scan_share`` picks how "://" is
-    searched for (in the words of the URLs or by scanning the chunk), ``dense_share`` how
-    the tabs and newlines are found, ``merge_at`` how often the distinct domains of the
-    chunks are merged, ``first_read`` makes the reads grow."""
+    """Every query form, on every implementation, with every way of working of the NumPy
+    one: ``scan_share`` picks how "://" is searched for (in the words of the URLs or by
+    scanning the chunk), ``dense_share`` how the tabs and newlines are found, ``merge_at``
+    how often the distinct domains of the chunks are merged; ``first_read`` makes the reads
+    grow."""
     only = data.draw(queries(partition))
+    if name != "numpy" and NATIVE is None:
+        return
     with (
-        mock.patch.object(fast, "_SCAN_SHARE", scan_share),
-        mock.patch.object(fast, "_DENSE_SHARE", dense_share),
-        mock.patch.object(fast, "_MERGE_AT", merge_at),
+        implementation(name),
+        mock.patch.object(columnar, "_SCAN_SHARE", scan_share),
+        mock.patch.object(columnar, "_DENSE_SHARE", dense_share),
+        mock.patch.object(columnar, "_MERGE_AT", merge_at),
         mock.patch.object(fast, "_FIRST_READ", first_read),
     ):
         actual, expected = run_both(
@@ -166,16 +218,28 @@ def test_matches_reference(
 def test_positions_of_marks(marks: list[bool]) -> None:
     """Set bits are read from packed words, several in a word or none, in any mask length."""
     mask = np.array(marks, dtype=bool)
-    for dense_share in (0, fast._DENSE_SHARE):
-        with mock.patch.object(fast, "_DENSE_SHARE", dense_share):
-            assert fast._nonzero(mask).tolist() == np.flatnonzero(mask).tolist()
+    for dense_share in (0, columnar._DENSE_SHARE):
+        with mock.patch.object(columnar, "_DENSE_SHARE", dense_share):
+            assert columnar._nonzero(mask).tolist() == np.flatnonzero(mask).tolist()
 
 
 @FUZZ
-@given(partition=partitions(), chunk_size=st.integers(1, 64), step=st.integers(1, 17))
+@given(
+    partition=partitions(),
+    chunk_size=st.integers(1, 64),
+    step=st.integers(1, 17),
+    name=st.sampled_from(IMPLEMENTATIONS),
+)
 def test_chunk_boundaries_and_short_reads_do_not_matter(
-    partition: bytes, chunk_size: int, step: int
+    partition: bytes, chunk_size: int, step: int, name: str
 ) -> None:
+    if name != "numpy" and NATIVE is None:
+        return
+    with implementation(name):
+        check_chunk_boundaries(partition, chunk_size, step)
+
+
+def check_chunk_boundaries(partition: bytes, chunk_size: int, step: int) -> None:
     whole = fast.count_domains(io.BytesIO(partition))
     assert fast.count_domains(Trickle(partition, step), chunk_size=chunk_size) == whole  # type: ignore[arg-type]
     assert whole == reference.count_domains(io.BytesIO(partition))
@@ -185,9 +249,19 @@ def test_chunk_boundaries_and_short_reads_do_not_matter(
 @given(
     rows=st.lists(st.tuples(domains, paths, endings), min_size=1, max_size=400),
     chunk_size=st.sampled_from([1 << 10, 1 << 16]),
+    name=st.sampled_from(IMPLEMENTATIONS),
 )
-def test_many_well_formed_lines(rows: list[tuple[bytes, bytes, bytes]], chunk_size: int) -> None:
+def test_many_well_formed_lines(
+    rows: list[tuple[bytes, bytes, bytes]], chunk_size: int, name: str
+) -> None:
     """Larger pieces, where most lines take the vectorised common path."""
+    if name != "numpy" and NATIVE is None:
+        return
+    with implementation(name):
+        check_many_well_formed_lines(rows, chunk_size)
+
+
+def check_many_well_formed_lines(rows: list[tuple[bytes, bytes, bytes]], chunk_size: int) -> None:
     partition = b"".join(b"%d\thttp://%s%s%s" % (i, d, p, e) for i, (d, p, e) in enumerate(rows))
     actual, expected = run_both(partition, chunk_size=chunk_size)
     assert actual == expected
@@ -197,7 +271,7 @@ def test_many_well_formed_lines(rows: list[tuple[bytes, bytes, bytes]], chunk_si
 # -- examples -----------------------------------------------------------------------------
 
 
-def test_sample_partition() -> None:
+def test_sample_partition(impl: str) -> None:
     data = SAMPLE.read_bytes()
     for chunk_size in (7, 4096, DEFAULT_CHUNK_SIZE):
         actual, expected = run_both(data, chunk_size=chunk_size)
@@ -211,7 +285,7 @@ def test_sample_partition() -> None:
     assert only.lines == 200
 
 
-def test_large_partition() -> None:
+def test_large_partition(impl: str) -> None:
     """Megabytes of sample lines with edge cases sprinkled in: reads of growing size, several
     chunks, the vectorised paths."""
     rows = SAMPLE.read_bytes().splitlines(keepends=True) * 150
@@ -225,7 +299,7 @@ def test_large_partition() -> None:
             assert actual == expected
 
 
-def test_domain_rule_examples() -> None:
+def test_domain_rule_examples(impl: str) -> None:
     data = (
         b"1\thttp://go.mail/a\r\n"  # \r\n
         b"\n"  # blank
@@ -253,7 +327,7 @@ def test_domain_rule_examples() -> None:
     assert fast.count_domains(io.BytesIO(data), only=b"nothing").counts == {}
 
 
-def test_only_long_domains() -> None:
+def test_only_long_domains(impl: str) -> None:
     """Domains over 15 bytes take another path: exact match, not prefix or same length."""
     long = b"a-rather-long-domain.example.org"
     data = b"".join(
@@ -268,7 +342,7 @@ def test_only_long_domains() -> None:
     assert fast.count_domains(io.BytesIO(data), only=long[:20]).counts == {}
 
 
-def test_long_urls() -> None:
+def test_long_urls(impl: str) -> None:
     """Domains and URLs of every length up to hundreds of bytes: the "://" and '/' searches
     go on word after word, up to the end of the buffer (the last line has no newline)."""
     rows = []
@@ -285,13 +359,13 @@ def test_long_urls() -> None:
     for tail in (b"", b"\n"):
         data = b"\n".join(lines) + tail
         for scan_share in (0, 1 << 40):
-            with mock.patch.object(fast, "_SCAN_SHARE", scan_share):
+            with mock.patch.object(columnar, "_SCAN_SHARE", scan_share):
                 for chunk_size in (64, 1000, DEFAULT_CHUNK_SIZE):
                     actual, expected = run_both(data, chunk_size=chunk_size)
                     assert actual == expected
 
 
-def test_record_limit() -> None:
+def test_record_limit(impl: str) -> None:
     data = b"1\thttp://a.ru/\n" + b"2\thttp://b.ru/" + b"x" * 100 + b"\n3\thttp://c.ru\r\n"
     for chunk_size in (1, 16, 1 << 20):
         result = fast.count_domains(io.BytesIO(data), record_limit=14, chunk_size=chunk_size)
@@ -299,11 +373,11 @@ def test_record_limit() -> None:
         assert (result.lines, result.malformed) == (3, 1)
 
 
-def test_empty_stream() -> None:
+def test_empty_stream(impl: str) -> None:
     assert fast.count_domains(io.BytesIO(b"")) == DomainCounts()
 
 
-def test_invalid_sizes() -> None:
+def test_invalid_sizes(impl: str) -> None:
     with pytest.raises(ValueError):
         fast.count_domains(io.BytesIO(b""), chunk_size=0)
 
@@ -312,7 +386,9 @@ def test_invalid_sizes() -> None:
 
 
 @pytest.mark.parametrize("final_newline", [True, False])
-def test_huge_line_is_skipped_in_bounded_memory(tmp_path: Path, final_newline: bool) -> None:
+def test_huge_line_is_skipped_in_bounded_memory(
+    tmp_path: Path, final_newline: bool, impl: str
+) -> None:
     path = tmp_path / "part.tsv"
     with path.open("wb") as out:
         out.write(b"1\thttp://a.ru/\n2\thttp://huge.ru/")

@@ -22,7 +22,6 @@ from tally.queries.base import (
     to_ipc,
 )
 
-
 _kinds: dict[type, QueryKind] = {}
 
 

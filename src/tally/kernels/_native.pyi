@@ -1,0 +1,14 @@
+"""Type stub of the fast kernel's C extension (_native.c)."""
+
+ABI: int
+SSE2: int
+SOURCE: str  # the first hex digits of the SHA-256 of the C sources it was built from
+
+class Counter:
+    def __init__(
+        self, only: bytes | None = None, seed: int = 0, portable: bool = False
+    ) -> None: ...
+    def add(
+        self, buffer: bytearray | bytes | memoryview, begin: int, end: int, record_limit: int
+    ) -> tuple[int, int]: ...
+    def counts(self) -> dict[bytes, int]: ...

@@ -1,0 +1,206 @@
+"""The fast kernel's C extension: how it is loaded, the fallback when it is missing or
+switched off, the install without a compiler, and the extension's own edge cases (lines that
+end where the buffer ends, tables that grow, misuse)."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import io
+import mmap
+import os
+import shutil
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tally.kernels import fast, reference
+from test_kernel_fast import FUZZ, NATIVE, built_extension, partitions
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILER = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+needs_native = pytest.mark.skipif(NATIVE is None, reason="the C extension is not built here")
+
+
+def test_the_extension_is_built_where_a_compiler_is() -> None:
+    """`pip install -e .` builds the extension when it can; missing or stale, every run would
+    silently take the fallback."""
+    if COMPILER is None:
+        pytest.skip("no C compiler here")
+    assert NATIVE is not None, "tally.kernels._native is missing or stale: pip install -e ."
+    kernels = ROOT / "src/tally/kernels"
+    sources = [kernels / name for name in ("_native.c", "_native_common.h", "_native_table.h")]
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()
+    assert digest[:16] == NATIVE.SOURCE, "the C sources changed since the build: pip install -e ."
+    if os.environ.get("TALLY_NATIVE") != "0":
+        assert fast.IMPLEMENTATION == "native"
+
+
+def test_load_native_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TALLY_NATIVE", raising=False)
+    good = types.SimpleNamespace(ABI=fast._ABI)
+    with mock.patch("importlib.import_module", return_value=good):
+        assert fast.load_native() is good
+        monkeypatch.setenv("TALLY_NATIVE", "0")  # switched off
+        assert fast.load_native() is None
+    monkeypatch.delenv("TALLY_NATIVE")
+    with mock.patch("importlib.import_module", return_value=types.SimpleNamespace(ABI=0)):
+        assert fast.load_native() is None  # built from another version of the C file
+    with mock.patch("importlib.import_module", return_value=types.SimpleNamespace()):
+        assert fast.load_native() is None
+    with mock.patch("importlib.import_module", side_effect=ImportError("undefined symbol")):
+        assert fast.load_native() is None  # not built, or cannot load
+
+
+@pytest.mark.parametrize("switch", ["0", "1"])
+def test_a_process_takes_the_implementation_it_can(switch: str) -> None:
+    code = (
+        "import io; from tally.kernels import fast\n"
+        "r = fast.count_domains(io.BytesIO(b'1\\thttp://a.ru/\\n2\\tHTTP://a.ru\\nx\\n'))\n"
+        "print(fast.IMPLEMENTATION, sorted(r.counts.items()), r.lines, r.malformed)"
+    )
+    env = dict(os.environ, TALLY_NATIVE=switch)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split(" ", 1)
+    expected_name = "native" if switch == "1" and NATIVE is not None else "numpy"
+    assert out == [expected_name, "[(b'a.ru', 2)] 3 1\n"]
+
+
+def build_ext(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    pytest.importorskip("setuptools")
+    command = [sys.executable, "setup.py", "build_ext"]
+    command += ["--build-lib", str(tmp_path / "lib"), "--build-temp", str(tmp_path / "tmp")]
+    return subprocess.run(
+        command, cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True
+    )
+
+
+def test_the_build_goes_on_without_a_compiler(tmp_path: Path) -> None:
+    """No compiler (or no Python headers): the install must not fail, only leave the
+    extension out."""
+    done = build_ext(tmp_path, CC="false", LDSHARED="false")
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.glob("lib/tally/kernels/_native*"))
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C compiler here")
+def test_the_build_makes_a_module_that_loads(tmp_path: Path) -> None:
+    done = build_ext(tmp_path)
+    assert done.returncode == 0, done.stderr
+    [built] = tmp_path.glob("lib/tally/kernels/_native*")
+    code = (
+        "import importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('tally.kernels._native', sys.argv[1])\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "print(module.ABI)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(built)], capture_output=True, text=True, check=True
+    )
+    assert run.stdout == f"{fast._ABI}\n"
+
+
+# -- the extension itself -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded_page() -> Iterator[memoryview]:
+    """A page followed by one that cannot be read: a load past the first page's end
+    crashes the process instead of passing unseen."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mprotect through ctypes")
+    page = mmap.PAGESIZE
+    area = mmap.mmap(-1, 2 * page)
+    anchor = ctypes.c_char.from_buffer(area)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(ctypes.addressof(anchor) + page, page, 0) == 0  # PROT_NONE
+    view = memoryview(area)[:page]
+    try:
+        yield view
+    finally:
+        view.release()
+        libc.mprotect(ctypes.addressof(anchor) + page, page, mmap.PROT_READ | mmap.PROT_WRITE)
+        del anchor
+        area.close()
+
+
+@needs_native
+@FUZZ
+@given(
+    partition=partitions(),
+    record_limit=st.integers(0, 60),
+    portable=st.booleans(),
+    seed=st.integers(0, (1 << 64) - 1),
+)
+def test_lines_that_end_at_the_buffer_end(
+    guarded_page: memoryview, partition: bytes, record_limit: int, portable: bool, seed: int
+) -> None:
+    """The last line ends on the last readable byte: every load near it stays inside."""
+    assert NATIVE is not None
+    data = partition if partition.endswith(b"\n") else partition + b"\n"
+    at = len(guarded_page) - len(data)
+    guarded_page[at:] = data
+    counter = NATIVE.Counter(None, seed, portable)
+    lines, malformed = counter.add(guarded_page, at, len(guarded_page), record_limit)
+    expected = reference.count_domains(io.BytesIO(data), record_limit=record_limit)
+    assert (counter.counts(), lines, malformed) == (
+        expected.counts,
+        expected.lines,
+        expected.malformed,
+    )
+
+
+@needs_native
+@pytest.mark.parametrize("portable", [False, True])
+def test_many_distinct_domains(portable: bool) -> None:
+    """Enough distinct domains for the table to grow past the caches (where lookups go in
+    prefetched batches) and into huge pages; domains of every length up to 40 bytes, many
+    alike in their first 8 bytes and their length."""
+    rows = []
+    for i in range(150_000):
+        name = b"%08d" % (i % 9) + b"x" * (i % 23) + b"%d" % i
+        rows.append(b"%d\thttps://%s/p\n" % (i, name[: 1 + i % 40]))
+    rows += rows[::7]  # some seen again
+    data = b"".join(rows)
+    expected = reference.count_domains(io.BytesIO(data))
+    with mock.patch.object(fast, "_native", NATIVE), mock.patch.object(fast, "_PORTABLE", portable):
+        assert fast.count_domains(io.BytesIO(data)) == expected
+    assert len(expected.counts) > 70_000
+
+
+@needs_native
+def test_counter_misuse_is_refused() -> None:
+    assert NATIVE is not None
+    counter = NATIVE.Counter()
+    with pytest.raises(ValueError):
+        counter.add(bytearray(b"1\ta\n"), 0, 5, 10)  # past the buffer
+    with pytest.raises(ValueError):
+        counter.add(bytearray(b"1\ta\n"), 2, 1, 10)
+    with pytest.raises(ValueError):
+        counter.add(bytearray(b"1\ta\nxx"), 0, 6, 10)  # not whole lines
+    with pytest.raises(ValueError):
+        counter.add(bytearray(b"1\ta\n"), 0, 4, -1)
+    with pytest.raises(ValueError):
+        counter.add(bytearray(b"1\ta\n"), 0, 4, 1 << 32)  # a slot holds 32-bit lengths
+    with pytest.raises(TypeError):
+        NATIVE.Counter("a.ru")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        counter.__init__()  # type: ignore[misc]
+    with pytest.raises(RuntimeError):
+        NATIVE.Counter.__new__(NATIVE.Counter).counts()
+    assert counter.add(b"1\ta\n", 0, 4, 10) == (1, 0)
+    assert counter.counts() == {b"a": 1}
+
+
+def test_built_extension_matches_what_fast_loaded() -> None:
+    if os.environ.get("TALLY_NATIVE") != "0":
+        assert built_extension() is fast._native
