@@ -144,8 +144,10 @@ def test_four_workers_share_the_work_fairly(
     coord = procs.coordinator(
         repeated_filelist, port, "--min-workers", "4", "--domain", "go.mail", "--stats", str(stats)
     )
+    # tasks of a realistic length (a few ms of scanning would let whoever is scheduled first
+    # on a busy machine take them all): pull-based assignment then shares them out
     for _ in range(4):
-        procs.worker(port)
+        procs.worker(port, "--task-delay", "0.02")
     code, out = procs.finish(coord)
     assert (code, out) == (0, f"{28 * 10 * 100}\n")
     served = [w["partitions"] for w in stats_of(stats)["workers"]]
@@ -164,9 +166,9 @@ def test_stopped_worker_is_lost_and_its_late_result_dropped(
     )  # fmt: skip
     log = procs.events(coord, events)
     # stopped just after its first commit, the victim is in the middle of a 1 s task; the
-    # others take 0.2 s a task, so the job outlasts the lease and the victim's return
+    # others take 0.3 s a task, so the job outlasts the lease and the victim's return
     stopped = procs.worker(port, "--task-delay", "1.0")
-    others = [procs.worker(port, "--task-delay", "0.2") for _ in range(3)]
+    others = [procs.worker(port, "--task-delay", "0.3") for _ in range(3)]
     victim = log.worker_id(stopped)
     log.wait("committed", worker=victim)
     stopped_at = time.time()

@@ -180,4 +180,4 @@ def test_an_http_partition_runs_as_ranged_gets(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode() == reference_output(big, QuerySpec("top", k=10))
     starts = [a - 1 for a, _ in cut(big.stat().st_size, 100 << 10)[1:]]
-    assert sorted(RangedHandler.ranged_gets) == starts  # each range from its own offset
+    assert set(RangedHandler.ranged_gets) == set(starts)  # each range from its own offset

@@ -82,7 +82,7 @@ def test_killed_at_random_moments_every_job_ends_with_the_exact_result(
         assert len(acknowledged) >= KILLS // 2
         resumed_jobs = 0
         for job_id in listed:
-            doc = client.wait(job_id, timeout=60)
+            doc = client.wait(job_id, timeout=120)
             name = name_of(doc["query"])
             assert acknowledged.get(job_id, name) == name
             assert (doc["state"], doc["result"]) == ("succeeded", expected_result(name)), job_id
