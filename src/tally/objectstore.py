@@ -1,0 +1,358 @@
+"""Object stores (``az://``, ``abfs://``, ``s3://``, any fsspec scheme): the filesystem for a
+URL with the process's storage options, ranged streaming reads, and one-line failure reasons.
+
+Credentials come from each process's own environment, read by the storage library itself
+(``AZURE_STORAGE_CONNECTION_STRING``, or ``AZURE_STORAGE_ACCOUNT_NAME`` with ``_KEY`` or
+``_SAS_TOKEN``; ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+``AWS_ENDPOINT_URL``); ``--storage-option KEY=VALUE`` adds keyword arguments for the fsspec
+filesystem (a VALUE that parses as JSON is passed parsed: ``anon=true``, ``config_kwargs={...}``).
+
+Each request is retried by the storage library a few times with exponential backoff
+(``SDK_RETRIES``; throttling, server errors, a dropped connection); what still fails is a
+failed attempt, which the scheduler retries elsewhere unless retrying cannot help (a missing
+object, container or bucket; credentials the store refuses).
+
+An object is read as consecutive ranged GETs of ``CHUNK`` bytes, ``AHEAD`` of them in flight
+on background threads, so the network works while the caller computes and a partition of
+any size costs a few chunks of memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import threading
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from tally.errors import ConfigError, PartitionError
+
+CHUNK = 8 << 20  # bytes per ranged read
+TAIL = 256 << 10  # past the bytes a range needs: just enough to finish its last line
+AHEAD = 2  # ranged reads in flight per open object
+SDK_RETRIES = 3  # retries of one request by the storage library, with backoff
+AZURE_SCHEMES = ("az", "abfs", "abfss")
+# storage error codes, by what they mean for the job
+_MISSING_CONTAINER = {"NoSuchBucket": "no such bucket", "ContainerNotFound": "no such container"}
+_MISSING = frozenset({"NoSuchKey", "BlobNotFound", "ResourceNotFound", "404", "NotFound"})
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AuthenticationFailed",
+        "AuthorizationFailure",
+        "AuthorizationPermissionMismatch",
+        "InvalidAuthenticationInfo",
+        "NoAuthenticationInformation",
+        "ExpiredToken",
+        "InvalidToken",
+        "403",
+    }
+)
+_THROTTLED = frozenset(
+    {"SlowDown", "ServerBusy", "Throttling", "ThrottlingException", "TooManyRequests"}
+)
+_UNREACHABLE = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ConnectionClosedError",
+        "ServiceRequestError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+    }
+)
+_TIMEOUTS = frozenset({"ReadTimeoutError", "ServiceResponseTimeoutError", "TimeoutError"})
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def parse_storage_options(pairs: Mapping[str, str]) -> dict[str, Any]:
+    """Keyword arguments for fsspec from ``KEY=VALUE`` texts: JSON values parsed, others kept
+    as text."""
+    options: dict[str, Any] = {}
+    for key, text in pairs.items():
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text
+    return options
+
+
+def split_option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as a pair; ConfigError naming the text if it is not one."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not key.replace("_", "").isalnum():
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ConfigError(f"storage option {shown!r} is not KEY=VALUE")
+    return key, value
+
+
+def filesystem(url: str, options: Mapping[str, str] | None = None) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` with ``options`` (raw ``KEY=VALUE`` texts) and
+    Tally's request retries, and the path inside it."""
+    import fsspec
+
+    scheme = url.split("://", 1)[0].lower()
+    kwargs = parse_storage_options(options or {})
+    if scheme == "s3":
+        kwargs.setdefault(
+            "config_kwargs",
+            {
+                "connect_timeout": 10,
+                "read_timeout": 60,
+                "retries": {"max_attempts": SDK_RETRIES + 1, "mode": "standard"},
+            },
+        )
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **kwargs)
+    except TypeError as exc:  # an option the filesystem does not take
+        raise ConfigError(f"storage options for {scheme}://: {exc}") from exc
+    if scheme == "s3":
+        fs.retries = 1  # s3fs's own loop on top of botocore's: botocore's retries suffice
+    elif scheme in AZURE_SCHEMES:
+        _tune_azure_retries(fs)
+    return fs, str(path)
+
+
+def _tune_azure_retries(fs: Any) -> None:
+    """Azure Storage's client waits 15 s and more between tries (85 s for an endpoint that
+    is down): Tally retries elsewhere too, so a request gets SDK_RETRIES quick retries."""
+    config = getattr(getattr(fs, "service_client", None), "_config", None)
+    policy = getattr(config, "retry_policy", None)
+    if policy is None or getattr(policy, "_tally_tuned", False):
+        return
+    for name in ("total_retries", "connect_retries", "read_retries", "status_retries"):
+        if hasattr(policy, name):
+            setattr(policy, name, SDK_RETRIES)
+    policy.get_backoff_time = lambda settings: backoff_s(int(settings.get("count", 1)))
+    policy._tally_tuned = True
+
+
+def backoff_s(retry: int) -> float:
+    """Seconds before retry number ``retry`` (1, 2, ...): 0.2, 0.4, 0.8 ... up to 5, with
+    jitter."""
+    return min(0.1 * 2.0**retry, 5.0) * random.uniform(0.5, 1.5)
+
+
+def describe(url: str, options: Mapping[str, str] | None = None) -> tuple[int | None, str]:
+    """An object's size and version (its ETag, else size and last-modified), from the
+    listing when the filesystem kept it, else from one metadata request. Raises
+    Unavailable."""
+    info = _info(url, options)
+    return _size(info), version_of(info)
+
+
+def _info(
+    url: str, options: Mapping[str, str] | None, fs: Any = None, path: str = ""
+) -> dict[str, Any]:
+    from tally.remote import Unavailable
+
+    try:
+        if fs is None:
+            fs, path = filesystem(url, options)
+        info: dict[str, Any] = fs.info(path)
+    except ConfigError:
+        raise
+    except Exception as exc:  # any storage library's failure: one line, never a traceback
+        why, retryable = failure(exc)
+        raise Unavailable(why, retryable) from exc
+    return info
+
+
+def version_of(info: Mapping[str, Any]) -> str:
+    """The version of an object as listed: its ETag, else its size and modification time."""
+    tag = info.get("ETag") or info.get("etag")
+    if tag:
+        return str(tag).strip('"')
+    when = info.get("LastModified") or info.get("last_modified") or info.get("mtime")
+    size = info.get("size")
+    return "-".join(str(x) for x in (size, when) if x is not None)
+
+
+def _size(info: Mapping[str, Any]) -> int | None:
+    size = info.get("size")
+    return int(size) if size is not None else None
+
+
+def open_object(
+    url: str,
+    offset: int = 0,
+    options: Mapping[str, str] | None = None,
+    needed: int = -1,
+    version: str = "",
+) -> io.BufferedReader:
+    """A stream of the object at ``url`` from byte ``offset``. ``needed`` (the end of a
+    range; -1: all) is how far to read in whole chunks; past it, small reads finish a line.
+    ``version``, when given, must still be the object's: a range of a changed object would
+    mix two versions. Raises Unavailable; reads raise PartitionError."""
+    from tally.remote import Unavailable
+
+    fs, path = filesystem(url, options)
+    info = _info(url, options, fs, path)
+    if info.get("type") == "directory":
+        raise Unavailable("a prefix, not an object", retryable=False)
+    size = _size(info)
+    if size is None:
+        raise Unavailable("its size is not known", retryable=False)
+    now = version_of(info)
+    if version and now and now != version:
+        raise Unavailable(
+            f"changed since it was listed (version {version}, now {now})", retryable=False
+        )
+    reader = RangedReader(fs, path, url, size, offset, needed)
+    return io.BufferedReader(reader, buffer_size=1 << 16)
+
+
+class RangedReader(io.RawIOBase):
+    """The bytes ``[offset, size)`` of an object, fetched as ranged reads of ``CHUNK`` bytes
+    (``TAIL`` past ``needed``), ``AHEAD`` of them in flight."""
+
+    def __init__(
+        self, fs: Any, path: str, url: str, size: int, offset: int, needed: int = -1
+    ) -> None:
+        self._fs = fs
+        self._path = path
+        self._url = url
+        self._size = size
+        self._needed = size if needed < 0 else min(needed, size)
+        self._next = min(offset, size)  # the first byte not yet asked for
+        self._fetches: deque[Future[bytes]] = deque()
+        self._current = memoryview(b"")
+        self._fill()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self._current:
+            if not self._fetches:
+                return 0
+            future = self._fetches.popleft()
+            self._fill()
+            self._current = memoryview(self._result(future))
+        n = min(len(buffer), len(self._current))
+        buffer[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
+
+    def close(self) -> None:
+        for future in self._fetches:
+            future.cancel()
+        self._fetches.clear()
+        self._current = memoryview(b"")
+        super().close()
+
+    def _fill(self) -> None:
+        while len(self._fetches) < AHEAD and self._next < self._size:
+            start = self._next
+            step = CHUNK if start < self._needed else TAIL
+            end = min(start + step, self._size)
+            if start < self._needed < end:
+                end = self._needed  # whole chunks up to the end of the range, no further
+            self._next = end
+            self._fetches.append(_fetch_pool().submit(self._fetch, start, end))
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        return bytes(self._fs.cat_file(self._path, start=start, end=end))
+
+    def _result(self, future: Future[bytes]) -> bytes:
+        try:
+            data = future.result()
+        except Exception as exc:  # any storage library's failure: one line, never a traceback
+            why, retryable = failure(exc)
+            raise PartitionError(
+                f"cannot read {_shown(self._url)}: {why}", retryable=retryable
+            ) from exc
+        if not data:  # shorter than listed: it changed, or the store broke off
+            raise PartitionError(
+                f"cannot read {_shown(self._url)}: the object ended before its listed size "
+                f"({self._size} bytes)"
+            )
+        return data
+
+
+def _fetch_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(8, thread_name_prefix="tally-fetch")
+        return _pool
+
+
+def _shown(url: str) -> str:
+    from tally.remote import display
+
+    return display(url)
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+def failure(exc: BaseException) -> tuple[str, bool]:
+    """A one-line reason for a storage library's exception, and whether another attempt may
+    help. Built from status codes and error codes only: a store's message text may quote a
+    request signature."""
+    chain = _chain(exc)
+    for err in chain:
+        status, code = _status_and_code(err)
+        if status is not None or code:
+            return _coded(status, code)
+    names = {cls.__name__ for err in chain for cls in type(err).__mro__}
+    if names & _UNREACHABLE:
+        return "unreachable: cannot connect to the storage endpoint", True
+    if names & _TIMEOUTS:
+        return "no answer from the storage endpoint in time", True
+    if isinstance(exc, FileNotFoundError):
+        return "not found", False
+    if isinstance(exc, PermissionError):
+        return "access denied", False
+    if "IncompleteRead" in names or "ClientPayloadError" in names:
+        return "the connection closed before the end", True
+    from tally.remote import reason
+
+    return reason(exc), True
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 8:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _status_and_code(err: BaseException) -> tuple[int | None, str]:
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):  # botocore's ClientError
+        error = response.get("Error") or {}
+        meta = response.get("ResponseMetadata") or {}
+        status = meta.get("HTTPStatusCode")
+        return (int(status) if status else None), str(error.get("Code") or "")
+    status = getattr(err, "status_code", None)  # azure-core's HttpResponseError
+    if isinstance(status, int):
+        code = getattr(err, "error_code", None)
+        return status, str(code or "")
+    return None, ""
+
+
+def _coded(status: int | None, code: str) -> tuple[str, bool]:
+    what = " ".join(x for x in (f"HTTP {status}" if status else "", code) if x)
+    if code in _MISSING_CONTAINER:
+        return f"{_MISSING_CONTAINER[code]} ({what})", False
+    if code in _MISSING or status == 404:
+        return f"not found ({what})", False
+    if code in _THROTTLED or status in (429, 503):
+        return f"throttled ({what})", True
+    if code in _DENIED or status in (401, 403):
+        return f"access denied ({what})", False
+    if (status is not None and status >= 500) or status == 408:
+        return f"server error ({what})", True
+    return f"refused by the store ({what})", False
