@@ -7,10 +7,12 @@ Credentials come from each process's own environment, read by the storage librar
 ``AWS_ENDPOINT_URL``); ``--storage-option KEY=VALUE`` adds keyword arguments for the fsspec
 filesystem (a VALUE that parses as JSON is passed parsed: ``anon=true``, ``config_kwargs={...}``).
 
-Each request is retried by the storage library a few times with exponential backoff
-(``SDK_RETRIES``; throttling, server errors, a dropped connection); what still fails is a
-failed attempt, which the scheduler retries elsewhere unless retrying cannot help (a missing
-object, container or bucket; credentials the store refuses).
+Each request is retried by the storage library a few times with exponential backoff from
+0.1 s (s3fs ``S3FS_TRIES`` tries, botocore none of its own; Azure's client ``SDK_RETRIES``
+more, from 0.2 s: its own backoff starts at 15 s) on throttling, server errors, timeouts and
+an unreachable endpoint; what still fails is a failed attempt, which the scheduler retries
+elsewhere unless retrying cannot help (a missing object, container or bucket; credentials
+the store refuses).
 
 An object is read as consecutive ranged GETs of ``CHUNK`` bytes, ``AHEAD`` of them in flight
 on background threads, so the network works while the caller computes and a partition of
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import random
 import threading
 from collections import deque
@@ -33,7 +36,8 @@ from tally.errors import ConfigError, PartitionError
 CHUNK = 8 << 20  # bytes per ranged read
 TAIL = 256 << 10  # past the bytes a range needs: just enough to finish its last line
 AHEAD = 2  # ranged reads in flight per open object
-SDK_RETRIES = 3  # retries of one request by the storage library, with backoff
+SDK_RETRIES = 3  # retries of one request by Azure's client, with backoff from 0.2 s
+S3FS_TRIES = 3  # tries of one request by s3fs, 0.1 s apart and growing
 AZURE_SCHEMES = ("az", "abfs", "abfss")
 # storage error codes, by what they mean for the job
 _MISSING_CONTAINER = {"NoSuchBucket": "no such bucket", "ContainerNotFound": "no such container"}
@@ -101,24 +105,38 @@ def filesystem(url: str, options: Mapping[str, str] | None = None) -> tuple[Any,
 
     scheme = url.split("://", 1)[0].lower()
     kwargs = parse_storage_options(options or {})
-    if scheme == "s3":
+    if scheme == "s3":  # s3fs retries (below), not botocore too: one layer of backoff
         kwargs.setdefault(
             "config_kwargs",
-            {
-                "connect_timeout": 10,
-                "read_timeout": 60,
-                "retries": {"max_attempts": SDK_RETRIES + 1, "mode": "standard"},
-            },
+            {"connect_timeout": 10, "read_timeout": 60, "retries": {"total_max_attempts": 1}},
         )
+    _quiet_client_logs()
     try:
         fs, path = fsspec.core.url_to_fs(url, **kwargs)
     except TypeError as exc:  # an option the filesystem does not take
         raise ConfigError(f"storage options for {scheme}://: {exc}") from exc
     if scheme == "s3":
-        fs.retries = 1  # s3fs's own loop on top of botocore's: botocore's retries suffice
+        _retry_s3_where_it_helps()
+        fs.retries = S3FS_TRIES  # per layer: s3fs nests two (a ranged read: 9 requests)
     elif scheme in AZURE_SCHEMES:
         _tune_azure_retries(fs)
     return fs, str(path)
+
+
+def _quiet_client_logs() -> None:
+    """The storage clients log every request (Azure) or credential lookup (botocore) at
+    INFO: Tally's own lines say what matters, so theirs show with -v (DEBUG) only."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("azure", "botocore", "aiobotocore", "s3fs", "adlfs"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _retry_s3_where_it_helps() -> None:
+    """s3fs retries a request on throttling and timeouts, 0.1 s apart and growing; also on
+    what :func:`failure` calls retryable (server errors, an unreachable endpoint)."""
+    import s3fs.core  # type: ignore[import-untyped]
+
+    s3fs.core.set_custom_error_handler(lambda exc: failure(exc)[1])
 
 
 def _tune_azure_retries(fs: Any) -> None:
@@ -162,8 +180,19 @@ def _info(
         raise
     except Exception as exc:  # any storage library's failure: one line, never a traceback
         why, retryable = failure(exc)
+        if why == "not found":  # the object, or its whole bucket or container?
+            why = _missing(fs, path)
         raise Unavailable(why, retryable) from exc
     return info
+
+
+def _missing(fs: Any, path: str) -> str:
+    container = path.split("/", 1)[0]
+    kind = "bucket" if "s3" in getattr(fs, "protocol", ()) else "container"
+    try:
+        return "not found" if fs.exists(container) else f"no such {kind}"
+    except Exception:  # the store said "not found" once already: leave it at that
+        return "not found"
 
 
 def version_of(info: Mapping[str, Any]) -> str:
@@ -306,7 +335,7 @@ def failure(exc: BaseException) -> tuple[str, bool]:
             return _coded(status, code)
     names = {cls.__name__ for err in chain for cls in type(err).__mro__}
     if names & _UNREACHABLE:
-        return "unreachable: cannot connect to the storage endpoint", True
+        return f"unreachable: cannot connect to {_endpoint(chain)}", True
     if names & _TIMEOUTS:
         return "no answer from the storage endpoint in time", True
     if isinstance(exc, FileNotFoundError):
@@ -318,6 +347,20 @@ def failure(exc: BaseException) -> tuple[str, bool]:
     from tally.remote import reason
 
     return reason(exc), True
+
+
+def _endpoint(chain: list[BaseException]) -> str:
+    """host:port of the endpoint an error could not reach, as its client said."""
+    from urllib.parse import urlsplit
+
+    for err in chain:
+        host, port = getattr(err, "host", None), getattr(err, "port", None)
+        if isinstance(host, str) and host:  # aiohttp's connection errors
+            return f"{host}:{port}" if port else host
+        kwargs = getattr(err, "kwargs", None)  # botocore's
+        if isinstance(kwargs, dict) and kwargs.get("endpoint_url"):
+            return urlsplit(str(kwargs["endpoint_url"])).netloc or "the storage endpoint"
+    return "the storage endpoint"
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -339,11 +382,13 @@ def _status_and_code(err: BaseException) -> tuple[int | None, str]:
     status = getattr(err, "status_code", None)  # azure-core's HttpResponseError
     if isinstance(status, int):
         code = getattr(err, "error_code", None)
-        return status, str(code or "")
+        return status, str(getattr(code, "value", code) or "")  # an enum's value
     return None, ""
 
 
 def _coded(status: int | None, code: str) -> tuple[str, bool]:
+    if code == str(status):  # a HEAD answer has no body, so no code of its own
+        code = ""
     what = " ".join(x for x in (f"HTTP {status}" if status else "", code) if x)
     if code in _MISSING_CONTAINER:
         return f"{_MISSING_CONTAINER[code]} ({what})", False
