@@ -1,5 +1,6 @@
 """A real HTTP proxy in front of a storage server that answers some requests with throttling
-(503 or 429) instead of forwarding them: the storage clients meet a busy store."""
+(503 or 429) instead of forwarding them, or holds them until released: the storage clients
+meet a busy store, or a reader stopped in the middle of an object."""
 
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ THROTTLE_BODY = {
 @dataclass
 class Throttle:
     """Which requests are throttled: ``match(method, path, headers)``, the first ``times``
-    of them (-1: all), with ``status``."""
+    of them (-1: all), with ``status``; or, with ``hold``, kept waiting until it is set."""
 
     match: Callable[[str, str, dict[str, str]], bool]
     times: int = -1
     status: int = 503
+    hold: threading.Event | None = None
+    held: threading.Event = field(default_factory=threading.Event)  # one is being held
     throttled: int = 0
     seen: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range
 
@@ -61,6 +64,10 @@ def throttling_proxy(upstream: str, scheme: str, throttle: Throttle) -> Iterator
             headers = {k.lower(): v for k, v in self.headers.items()}
             with lock:
                 throttled = throttle.take(self.command, self.path, headers)
+            if throttled and throttle.hold is not None:
+                throttle.held.set()
+                throttle.hold.wait(60)
+                throttled = False
             if throttled:
                 payload = THROTTLE_BODY[scheme]
                 self.send_response(throttle.status)
@@ -91,7 +98,11 @@ def throttling_proxy(upstream: str, scheme: str, throttle: Throttle) -> Iterator
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # a client that went away (a killed worker): nothing to say
+
+    server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -152,12 +152,25 @@ def azurite() -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[Server]:
+    """moto's S3 server checking every request's signature (an IAM user made for it)."""
+    yield from _moto(authenticated=True)
+
+
+@pytest.fixture(scope="session")
+def s3_presigning_server() -> Iterator[Server]:
+    """moto's S3 server that serves presigned URLs: with signatures checked, it cannot
+    (it expects an Authorization header on every request), so it checks none."""
+    yield from _moto(authenticated=False)
+
+
+def _moto(authenticated: bool) -> Iterator[Server]:
     moto = Path(sys.executable).parent / "moto_server"
     port = _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="moto-"))
     log = workdir / "moto.log"
-    # requests are authenticated (signatures checked) after the three that make the IAM user
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    env = dict(os.environ)
+    if authenticated:  # signatures checked after the three requests that make the IAM user
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(moto), "-H", "127.0.0.1", "-p", str(port)],
@@ -166,7 +179,7 @@ def s3_server() -> Iterator[Server]:
     endpoint = f"http://127.0.0.1:{port}"
     try:
         _wait_until_answering(f"{endpoint}/moto-api/", proc, log)
-        key_id, secret = _iam_user(endpoint)
+        key_id, secret = _iam_user(endpoint) if authenticated else ("testing", "testing")
         yield Server(
             "s3",
             endpoint,
