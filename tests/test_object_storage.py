@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from conftest import SAMPLE, reference_output
-from storage_servers import Server
+from storage_faults import Throttle, throttling_proxy
+from storage_servers import Server, azurite_connection_string
+from tally.errors import PartitionError
 from tally.protocol import QuerySpec
 from tally.ranges import plan_tasks
 from tally.storage import expand_source, open_partition
@@ -128,3 +130,43 @@ def test_a_split_object_runs_as_ranges_with_its_listed_version(loaded: tuple[Ser
         with open_partition(url, task.start, options, task.end, task.version) as stream:
             got += stream.read(task.end - task.start)
     assert got == SAMPLE.read_bytes()
+
+
+def test_planning_takes_sizes_and_versions_from_the_listing(store: Server) -> None:
+    container = store.new_container()
+    urls = store.upload(container, {f"logs/p{i}.tsv": SAMPLE.read_bytes() for i in range(5)})
+    throttle = Throttle(lambda method, path, headers: False)  # counts, lets all through
+    with throttling_proxy(store.endpoint, store.scheme, throttle) as proxy:
+        options = proxied_options(store, proxy)
+        assert expand_source(f"{store.scheme}://{container}/logs/", options) == urls
+        listed = len(throttle.seen)
+        tasks = plan_tasks(urls, 5000, options=options)
+        assert throttle.seen[listed:] == []  # no request per object
+    fs = store.fs()
+    infos = [fs.info(u.split("://", 1)[1]) for u in urls]
+    etags = {str(i.get("ETag") or i.get("etag")).strip('"') for i in infos}
+    assert {t.version for t in tasks} <= etags and len(tasks) == 5 * -(
+        -SAMPLE.stat().st_size // 5000
+    )
+
+
+def test_an_object_changed_since_it_was_listed_fails_its_range(store: Server) -> None:
+    container = store.new_container()
+    (url,) = store.upload(container, {"p.tsv": SAMPLE.read_bytes()})
+    options = {k: str(v) for k, v in store.options.items()}
+    (task, *_) = plan_tasks(
+        expand_source(f"{store.scheme}://{container}/", options), 5000, options=options
+    )
+    store.upload(container, {"p.tsv": SAMPLE.read_bytes()[::-1]})  # a new version
+    with pytest.raises(PartitionError) as info:
+        open_partition(url, task.start, options, task.end, task.version)
+    assert info.value.message.startswith(
+        f"cannot open {url}: changed since it was listed (version {task.version}, now "
+    )
+    assert not info.value.retryable
+
+
+def proxied_options(store: Server, proxy: str) -> dict[str, str]:
+    if store.scheme == "az":
+        return {"connection_string": azurite_connection_string(proxy)}
+    return {"key": store.options["key"], "secret": store.options["secret"], "endpoint_url": proxy}

@@ -74,6 +74,9 @@ _TIMEOUTS = frozenset({"ReadTimeoutError", "ServiceResponseTimeoutError", "Timeo
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+# size and version of objects as a prefix or glob listed them, until planning takes them
+_listed: dict[str, tuple[int | None, str]] = {}
+LISTED_LIMIT = 1 << 20
 
 
 def parse_storage_options(pairs: Mapping[str, str]) -> dict[str, Any]:
@@ -159,10 +162,22 @@ def backoff_s(retry: int) -> float:
     return min(0.1 * 2.0**retry, 5.0) * random.uniform(0.5, 1.5)
 
 
+def remember_listed(url: str, info: Mapping[str, Any]) -> str:
+    """Keep what a listing said of ``url`` for :func:`describe`; return ``url``."""
+    if len(_listed) >= LISTED_LIMIT:  # listed and never planned: forget the oldest half
+        for old in list(_listed)[: LISTED_LIMIT // 2]:
+            _listed.pop(old, None)
+    _listed[url] = (_size(info), version_of(info))
+    return url
+
+
 def describe(url: str, options: Mapping[str, str] | None = None) -> tuple[int | None, str]:
-    """An object's size and version (its ETag, else size and last-modified), from the
-    listing when the filesystem kept it, else from one metadata request. Raises
+    """An object's size and version (its ETag, else size and last-modified): as listed, when
+    a prefix or glob listed it (taken once), else from one metadata request. Raises
     Unavailable."""
+    listed = _listed.pop(url, None)
+    if listed is not None:
+        return listed
     info = _info(url, options)
     return _size(info), version_of(info)
 
@@ -175,7 +190,7 @@ def _info(
     try:
         if fs is None:
             fs, path = filesystem(url, options)
-        info: dict[str, Any] = fs.info(path)
+        info: dict[str, Any] = fs.info(path, refresh=True)  # never an old listing's
     except ConfigError:
         raise
     except Exception as exc:  # any storage library's failure: one line, never a traceback

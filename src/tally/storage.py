@@ -146,9 +146,9 @@ def _expand(source: str, options: Mapping[str, str] | None) -> list[str]:
 
 
 def _expand_fsspec(source: str, options: Mapping[str, str] | None) -> list[str]:
-    """A glob, a prefix (folder), a list or a data file in an object store. The listing
-    stays in the filesystem's cache, where planning finds each object's size and version."""
-    from tally.objectstore import failure, filesystem
+    """A glob, a prefix (folder), a list or a data file in an object store. What the
+    listing said of each object is kept for planning: its size and version (ETag)."""
+    from tally.objectstore import failure, filesystem, remember_listed
 
     fs, path = filesystem(source, options)
     scheme = scheme_of(source)
@@ -160,12 +160,14 @@ def _expand_fsspec(source: str, options: Mapping[str, str] | None) -> list[str]:
         fs.invalidate_cache()  # a long-lived process lists afresh, never from an old listing
         if any(c in path for c in GLOB_CHARS):
             found = fs.glob(path, detail=True)  # one listing, not a request per object
-            urls = [unstrip(p) for p in sorted(found) if found[p]["type"] == "file"]
+            files = [p for p in sorted(found) if found[p]["type"] == "file"]
+            urls = [remember_listed(unstrip(p), found[p]) for p in files]
             log.info("source %s: a glob matching %d object(s)", display(source), len(urls))
             return urls
         if fs.isdir(path):
-            names = sorted(p for p in fs.find(path, maxdepth=1) if _listed(posixpath.basename(p)))
-            urls = [unstrip(p) for p in names]
+            listed = fs.find(path, maxdepth=1, detail=True)
+            names = sorted(p for p in listed if _listed(posixpath.basename(p)))
+            urls = [remember_listed(unstrip(p), listed[p]) for p in names]
             log.info("source %s: a prefix of %d object(s)", display(source), len(urls))
             return urls
     except Exception as exc:  # any storage library's failure: one line, never a traceback
