@@ -5,6 +5,7 @@ with request signatures checked against an IAM user made for the session. Each l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -122,6 +123,13 @@ def azurite_connection_string(endpoint: str, key: str = AZURITE_KEY) -> str:
 def azurite() -> Iterator[Server]:
     if not AZURITE.exists():
         pytest.fail(f"{AZURITE} is missing: `make test` installs it (npm ci)")
+    with start_azurite() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def start_azurite(memory_limit_mb: int | None = None) -> Iterator[Server]:
+    """Azurite's blob service on a free port, its data in memory; stopped afterwards."""
     port = _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="azurite-"))
     log = workdir / "azurite.log"
@@ -132,6 +140,7 @@ def azurite() -> Iterator[Server]:
                 "--blobHost", "127.0.0.1", "--blobPort", str(port),
                 "--inMemoryPersistence", "--skipApiVersionCheck", "--silent",
                 "--disableTelemetry",
+                *(["--extentMemoryLimit", str(memory_limit_mb)] if memory_limit_mb else []),
             ],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
         )  # fmt: skip
@@ -153,17 +162,21 @@ def azurite() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[Server]:
     """moto's S3 server checking every request's signature (an IAM user made for it)."""
-    yield from _moto(authenticated=True)
+    with start_moto(authenticated=True) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def s3_presigning_server() -> Iterator[Server]:
     """moto's S3 server that serves presigned URLs: with signatures checked, it cannot
     (it expects an Authorization header on every request), so it checks none."""
-    yield from _moto(authenticated=False)
+    with start_moto(authenticated=False) as server:
+        yield server
 
 
-def _moto(authenticated: bool) -> Iterator[Server]:
+@contextlib.contextmanager
+def start_moto(authenticated: bool) -> Iterator[Server]:
+    """moto's S3 server on a free port; stopped afterwards."""
     moto = Path(sys.executable).parent / "moto_server"
     port = _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="moto-"))

@@ -14,9 +14,9 @@ an unreachable endpoint; what still fails is a failed attempt, which the schedul
 elsewhere unless retrying cannot help (a missing object, container or bucket; credentials
 the store refuses).
 
-An object is read as consecutive ranged GETs of ``CHUNK`` bytes, ``AHEAD`` of them in flight
-on background threads, so the network works while the caller computes and a partition of
-any size costs a few chunks of memory.
+An object is read a few chunks ahead of the caller (:mod:`tally.object_readers`), so the
+network works while the caller computes and a partition of any size costs a few chunks of
+memory.
 """
 
 from __future__ import annotations
@@ -25,17 +25,11 @@ import io
 import json
 import logging
 import random
-import threading
-from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from tally.errors import ConfigError, PartitionError
+from tally.errors import ConfigError
 
-CHUNK = 8 << 20  # bytes per ranged read
-TAIL = 256 << 10  # past the bytes a range needs: just enough to finish its last line
-AHEAD = 2  # ranged reads in flight per open object
 SDK_RETRIES = 3  # retries of one request by Azure's client, with backoff from 0.2 s
 S3FS_TRIES = 3  # tries of one request by s3fs, 0.1 s apart and growing
 AZURE_SCHEMES = ("az", "abfs", "abfss")
@@ -72,8 +66,6 @@ _UNREACHABLE = frozenset(
 )
 _TIMEOUTS = frozenset({"ReadTimeoutError", "ServiceResponseTimeoutError", "TimeoutError"})
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 # size and version of objects as a prefix or glob listed them, until planning takes them
 _listed: dict[str, tuple[int | None, str]] = {}
 LISTED_LIMIT = 1 << 20
@@ -250,90 +242,15 @@ def open_object(
         raise Unavailable(
             f"changed since it was listed (version {version}, now {now})", retryable=False
         )
-    reader = RangedReader(fs, path, url, size, offset, needed)
+    from tally.object_readers import RangedReader, StreamedReader
+
+    reader: io.RawIOBase
+    if url.split("://", 1)[0].lower() == "s3":
+        etag = str(info.get("ETag") or "").strip('"')
+        reader = StreamedReader(fs, path, url, size, offset, needed, etag if version else "")
+    else:
+        reader = RangedReader(fs, path, url, size, offset, needed)
     return io.BufferedReader(reader, buffer_size=1 << 16)
-
-
-class RangedReader(io.RawIOBase):
-    """The bytes ``[offset, size)`` of an object, fetched as ranged reads of ``CHUNK`` bytes
-    (``TAIL`` past ``needed``), ``AHEAD`` of them in flight."""
-
-    def __init__(
-        self, fs: Any, path: str, url: str, size: int, offset: int, needed: int = -1
-    ) -> None:
-        self._fs = fs
-        self._path = path
-        self._url = url
-        self._size = size
-        self._needed = size if needed < 0 else min(needed, size)
-        self._next = min(offset, size)  # the first byte not yet asked for
-        self._fetches: deque[Future[bytes]] = deque()
-        self._current = memoryview(b"")
-        self._fill()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        if not self._current:
-            if not self._fetches:
-                return 0
-            future = self._fetches.popleft()
-            self._fill()
-            self._current = memoryview(self._result(future))
-        n = min(len(buffer), len(self._current))
-        buffer[:n] = self._current[:n]
-        self._current = self._current[n:]
-        return n
-
-    def close(self) -> None:
-        for future in self._fetches:
-            future.cancel()
-        self._fetches.clear()
-        self._current = memoryview(b"")
-        super().close()
-
-    def _fill(self) -> None:
-        while len(self._fetches) < AHEAD and self._next < self._size:
-            start = self._next
-            step = CHUNK if start < self._needed else TAIL
-            end = min(start + step, self._size)
-            if start < self._needed < end:
-                end = self._needed  # whole chunks up to the end of the range, no further
-            self._next = end
-            self._fetches.append(_fetch_pool().submit(self._fetch, start, end))
-
-    def _fetch(self, start: int, end: int) -> bytes:
-        return bytes(self._fs.cat_file(self._path, start=start, end=end))
-
-    def _result(self, future: Future[bytes]) -> bytes:
-        try:
-            data = future.result()
-        except Exception as exc:  # any storage library's failure: one line, never a traceback
-            why, retryable = failure(exc)
-            raise PartitionError(
-                f"cannot read {_shown(self._url)}: {why}", retryable=retryable
-            ) from exc
-        if not data:  # shorter than listed: it changed, or the store broke off
-            raise PartitionError(
-                f"cannot read {_shown(self._url)}: the object ended before its listed size "
-                f"({self._size} bytes)"
-            )
-        return data
-
-
-def _fetch_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(8, thread_name_prefix="tally-fetch")
-        return _pool
-
-
-def _shown(url: str) -> str:
-    from tally.remote import display
-
-    return display(url)
 
 
 # --- failures -------------------------------------------------------------------------------
@@ -409,6 +326,8 @@ def _coded(status: int | None, code: str) -> tuple[str, bool]:
         return f"{_MISSING_CONTAINER[code]} ({what})", False
     if code in _MISSING or status == 404:
         return f"not found ({what})", False
+    if code == "PreconditionFailed" or status == 412:  # If-Match: another version now
+        return f"changed since it was listed ({what})", False
     if code in _THROTTLED or status in (429, 503):
         return f"throttled ({what})", True
     if code in _DENIED or status in (401, 403):
