@@ -31,6 +31,9 @@ AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 READY_TIMEOUT_S = 60.0
+# credentials missing or refused must never send a client looking for a cloud machine's
+# identity (an address beyond this machine)
+NO_CLOUD = {"AWS_EC2_METADATA_DISABLED": "true"}
 
 
 def _free_port() -> int:
@@ -109,7 +112,7 @@ class Server:
         return sorted(p.split("/", 1)[1] for p in found)
 
     def run_env(self, **more: str) -> dict[str, str]:
-        return {**os.environ, **self.env, **more}
+        return {**os.environ, **NO_CLOUD, **self.env, **more}
 
 
 def azurite_connection_string(endpoint: str, key: str = AZURITE_KEY) -> str:
@@ -197,6 +200,7 @@ def start_moto(authenticated: bool) -> Iterator[Server]:
             "s3",
             endpoint,
             {
+                **NO_CLOUD,
                 "AWS_ACCESS_KEY_ID": key_id,
                 "AWS_SECRET_ACCESS_KEY": secret,
                 "AWS_REGION": "us-east-1",

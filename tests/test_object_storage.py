@@ -4,8 +4,10 @@ versions of the objects are."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from conftest import SAMPLE, reference_output
 from storage_faults import Throttle, throttling_proxy
 from storage_servers import Server, azurite_connection_string
 from tally.errors import PartitionError
+from tally.objectstore import parse_storage_options
 from tally.protocol import QuerySpec
 from tally.ranges import plan_tasks
 from tally.storage import expand_source, open_partition
@@ -170,3 +173,81 @@ def proxied_options(store: Server, proxy: str) -> dict[str, str]:
     if store.scheme == "az":
         return {"connection_string": azurite_connection_string(proxy)}
     return {"key": store.options["key"], "secret": store.options["secret"], "endpoint_url": proxy}
+
+
+# --- storage options; a missing filesystem ---------------------------------------------------
+
+
+def test_storage_options_reach_the_coordinator_and_the_workers(
+    loaded: tuple[Server, str],
+) -> None:
+    store, container = loaded
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AZURE_"))}
+    options = [a for k, v in store.options.items() for a in ("--storage-option", f"{k}={v}")]
+    bare["AWS_EC2_METADATA_DISABLED"] = "true"  # never a look for a cloud machine's identity
+    if store.scheme == "s3":
+        bare["AWS_REGION"] = "us-east-1"  # a region is not a secret: from the environment
+    source = f"{store.scheme}://{container}/logs/part-*.tsv"
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "run", source, "--workers", "2", *options],
+        capture_output=True, text=True, timeout=90, check=False, env=bare,
+    )  # fmt: skip
+    no_traceback(done)
+    assert (done.returncode, done.stdout) == (0, reference_output(SAMPLE, TOP25)), done.stderr
+
+
+def test_a_storage_option_must_be_key_equals_value() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "run", "s3://b/x.tsv", "--storage-option", "anon"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "argument --storage-option: storage option 'anon' is not KEY=VALUE" in done.stderr
+    assert parse_storage_options({"anon": "true", "n": "3", "s": "text", "d": '{"a": 1}'}) == {
+        "anon": True, "n": 3, "s": "text", "d": {"a": 1},
+    }  # fmt: skip
+
+
+HIDE = (
+    "import importlib.util, sys\n"
+    "real = importlib.util.find_spec\n"
+    "importlib.util.find_spec = lambda name, *a: None if name == sys.argv[1] else real(name, *a)\n"
+    "from tally.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
+@pytest.mark.parametrize(("url", "package"), [("az://c/x.tsv", "adlfs"), ("s3://b/x.tsv", "s3fs")])
+def test_without_its_package_a_scheme_is_refused_before_the_job(url: str, package: str) -> None:
+    scheme = url.split("://")[0]
+    needs = f"{scheme}:// needs the {package} package: pip install {package}"
+    for args, said in [
+        (["run", url], f"tally: source {url}: {needs}"),
+        (
+            ["run", str(SAMPLE), "--output", url[:-4] + ".json"],
+            f"tally: --output {url[:-4]}.json: {needs}",
+        ),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-c", HIDE, package, *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert (done.returncode, no_traceback(done).strip().splitlines()[-1]) == (2, said)
+
+
+def test_no_credentials_is_one_line(tmp_path: Path) -> None:
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AZURE_"))}
+    bare["HOME"] = str(tmp_path)  # no ~/.aws either
+    bare["AWS_EC2_METADATA_DISABLED"] = "true"  # nor a look for a cloud machine's identity
+    for url, said in [
+        ("az://c/x.tsv", "no credentials: set AZURE_STORAGE_CONNECTION_STRING, or "
+         "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN"),
+        ("s3://b/x.tsv", "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+    ]:  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "tally", "run", url],
+            capture_output=True, text=True, timeout=60, check=False, env=bare,
+        )  # fmt: skip
+        assert (done.returncode, no_traceback(done).strip().splitlines()[-1]) == (
+            2, f"tally: cannot read source {url}: {said}"
+        )  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -67,9 +68,7 @@ def test_the_result_in_each_format(store: Server, parts: Path) -> None:
 def test_a_local_output_is_written_whole(parts: Path, tmp_path: Path) -> None:
     target = tmp_path / "out" / "result.json"
     target.parent.mkdir()
-    done = tally(
-        dict(__import__("os").environ), "run", str(parts), "--workers", "1", "--output", str(target)
-    )
+    done = tally(dict(os.environ), "run", str(parts), "--workers", "1", "--output", str(target))
     assert (done.returncode, done.stdout) == (0, ""), done.stderr
     assert target.read_text() == reference_output(SAMPLE, TOP25, "json")
     assert sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
@@ -249,9 +248,7 @@ def test_signed_urls_in_a_file_list_are_read_over_http(
     urls = signed_urls(store, container, list(files))
     listing = tmp_path / "signed.csv"
     listing.write_text("".join(u + "\n" for u in urls))
-    plain = {
-        k: v for k, v in __import__("os").environ.items() if not k.startswith(("AWS_", "AZURE_"))
-    }
+    plain = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AZURE_"))}
     done = tally(plain, "run", str(listing), "--workers", "2", "--split-size", "8KiB")
     assert (done.returncode, done.stdout) == (0, reference_output(SAMPLE, TOP25)), done.stderr
     for url in urls:  # the signature never shows

@@ -19,7 +19,7 @@ from typing import Any
 from tally.datagen import _PARTITION_RE, FILELIST, build_vocabulary, iter_partition
 from tally.errors import ConfigError, TallyError
 from tally.objectstore import failure, filesystem
-from tally.remote import display
+from tally.remote import Unavailable, display
 
 log = logging.getLogger("tally.gen")
 UPLOADS = 4  # partitions uploaded at once
@@ -36,7 +36,10 @@ def generate_objects(
     if partitions < 1 or partition_size < 1 or seed < 0:
         raise ConfigError("partitions and partition size must be positive, seed at least 0")
     started = time.perf_counter()
-    fs, root = filesystem(prefix.rstrip("/") + "/", options)
+    try:
+        fs, root = filesystem(prefix.rstrip("/") + "/", options)
+    except Unavailable as exc:
+        raise TallyError(f"cannot write into {display(prefix)}: {exc.reason}") from exc
     root = root.rstrip("/")
     scheme = prefix.split("://", 1)[0]
 

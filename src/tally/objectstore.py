@@ -64,6 +64,11 @@ _UNREACHABLE = frozenset(
         "ServerDisconnectedError",
     }
 )
+NO_AZURE_CREDENTIALS = (
+    "no credentials: set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with "
+    "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN"
+)
+NO_AWS_CREDENTIALS = "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
 _TIMEOUTS = frozenset({"ReadTimeoutError", "ServiceResponseTimeoutError", "TimeoutError"})
 
 # size and version of objects as a prefix or glob listed them, until planning takes them
@@ -106,10 +111,16 @@ def filesystem(url: str, options: Mapping[str, str] | None = None) -> tuple[Any,
             {"connect_timeout": 10, "read_timeout": 60, "retries": {"total_max_attempts": 1}},
         )
     _quiet_client_logs()
+    from tally.remote import Unavailable
+
     try:
         fs, path = fsspec.core.url_to_fs(url, **kwargs)
     except TypeError as exc:  # an option the filesystem does not take
         raise ConfigError(f"storage options for {scheme}://: {exc}") from exc
+    except Exception as exc:  # no credentials, a malformed connection string: one line
+        if scheme in AZURE_SCHEMES and "connection_string or account_name" in str(exc):
+            raise Unavailable(NO_AZURE_CREDENTIALS) from exc
+        raise Unavailable(*failure(exc)) from exc
     if scheme == "s3":
         _retry_s3_where_it_helps()
         fs.retries = S3FS_TRIES  # per layer: s3fs nests two (a ranged read: 9 requests)
@@ -179,12 +190,10 @@ def _info(
 ) -> dict[str, Any]:
     from tally.remote import Unavailable
 
+    if fs is None:
+        fs, path = filesystem(url, options)
     try:
-        if fs is None:
-            fs, path = filesystem(url, options)
         info: dict[str, Any] = fs.info(path, refresh=True)  # never an old listing's
-    except ConfigError:
-        raise
     except Exception as exc:  # any storage library's failure: one line, never a traceback
         why, retryable = failure(exc)
         if why == "not found":  # the object, or its whole bucket or container?
@@ -266,6 +275,8 @@ def failure(exc: BaseException) -> tuple[str, bool]:
         if status is not None or code:
             return _coded(status, code)
     names = {cls.__name__ for err in chain for cls in type(err).__mro__}
+    if "NoCredentialsError" in names:  # another worker may have some: retryable
+        return NO_AWS_CREDENTIALS, True
     if names & _UNREACHABLE:
         return f"unreachable: cannot connect to {_endpoint(chain)}", True
     if names & _TIMEOUTS:

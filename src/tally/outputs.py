@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tally.errors import ConfigError, TallyError
-from tally.remote import HTTP_SCHEMES, display, missing_filesystem, scheme_of
+from tally.remote import HTTP_SCHEMES, Unavailable, display, missing_filesystem, scheme_of
 
 if TYPE_CHECKING:
     from tally.api import Result
@@ -81,7 +81,10 @@ def probe(target: str, option: str, options: Mapping[str, str] | None = None) ->
         return
     from tally.objectstore import failure, filesystem
 
-    fs, path = filesystem(target, options)
+    try:
+        fs, path = filesystem(target, options)
+    except Unavailable as exc:
+        raise ConfigError(f"cannot write --{option} {display(target)}: {exc.reason}") from exc
     marker = posixpath.join(posixpath.dirname(path), marker_name)
     try:
         fs.pipe_file(marker, b"")
@@ -99,7 +102,10 @@ def write(target: str, data: bytes, option: str, options: Mapping[str, str] | No
         return
     from tally.objectstore import failure, filesystem
 
-    fs, path = filesystem(target, options)
+    try:
+        fs, path = filesystem(target, options)
+    except Unavailable as exc:
+        raise TallyError(f"cannot write --{option} {display(target)}: {exc.reason}") from exc
     try:
         fs.pipe_file(path, data)  # one PUT, or blocks committed at the end: whole or absent
     except Exception as exc:  # any storage library's failure: one line, never a traceback
