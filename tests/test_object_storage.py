@@ -16,6 +16,7 @@ from storage_faults import Throttle, throttling_proxy
 from storage_servers import Server, azurite_connection_string
 from tally.errors import PartitionError
 from tally.objectstore import parse_storage_options
+from tally.prefetch import Prefetcher
 from tally.protocol import QuerySpec
 from tally.ranges import plan_tasks
 from tally.storage import expand_source, open_partition
@@ -251,3 +252,23 @@ def test_no_credentials_is_one_line(tmp_path: Path) -> None:
         assert (done.returncode, no_traceback(done).strip().splitlines()[-1]) == (
             2, f"tally: cannot read source {url}: {said}"
         )  # fmt: skip
+
+
+def test_ranges_whose_last_line_runs_far_past_their_end(store: Server) -> None:
+    lines = SAMPLE.read_bytes().splitlines(keepends=True)
+    long_line = b"7\thttp://long.example/" + b"x" * 50_000 + b"\n"  # crosses several ranges
+    data = b"".join(lines[:60]) + long_line + b"".join(lines[60:])
+    container = store.new_container()
+    (url,) = store.upload(container, {"p.tsv": data})
+    options = {k: str(v) for k, v in store.options.items()}
+    tasks = plan_tasks([url], 8 << 10, options=options)
+    assert len(tasks) == -(-len(data) // (8 << 10))
+    prefetch = Prefetcher(options=options)
+    got = []
+    for key, task in enumerate(tasks):
+        if key + 1 < len(tasks):
+            prefetch.start(key + 1, tasks[key + 1])  # as a worker does: the next one early
+        with prefetch.take(key, task) as stream:
+            got.append(stream.read())
+    assert b"".join(got) == data  # every line once, the long one in the range it starts in
+    assert sum(long_line in piece for piece in got) == 1

@@ -2,7 +2,7 @@
 with bounded memory whatever its size.
 
 - :class:`StreamedReader` (S3): one streamed ranged GET up to the end of the range the task
-  needs (then one to the end of the object, for its last line), its body pumped by a
+  needs (then, only if its last line goes on, one to the end of the object), its body pumped by a
   coroutine on the filesystem's event loop into a queue of at most ``QUEUED`` pieces. One
   request per task: no gap between requests, and a store that serves a range at a cost that
   grows with the object (moto's S3 server copies the whole object per request) is asked
@@ -65,7 +65,11 @@ class StreamedReader(io.RawIOBase):
         self._loop: asyncio.AbstractEventLoop = fs.loop
         self._current = memoryview(b"")
         self._ended = False
-        self._pump = asyncio.run_coroutine_threadsafe(self._run(min(offset, size)), self._loop)
+        start = min(offset, size)
+        self._segment_end = self._needed if start < self._needed else size
+        self._pump = asyncio.run_coroutine_threadsafe(
+            self._run(start, self._segment_end), self._loop
+        )
 
     def readable(self) -> bool:
         return True
@@ -75,6 +79,12 @@ class StreamedReader(io.RawIOBase):
             if self._ended:
                 return 0
             item = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop).result()
+            if item is None and self._segment_end < self._size:  # the range's bytes are read:
+                start, self._segment_end = self._segment_end, self._size  # the rest, if asked
+                self._pump = asyncio.run_coroutine_threadsafe(
+                    self._run(start, self._size), self._loop
+                )
+                return self.readinto(buffer)
             if item is None:
                 self._ended = True
                 return 0
@@ -92,12 +102,12 @@ class StreamedReader(io.RawIOBase):
         self._current = memoryview(b"")
         super().close()
 
-    async def _run(self, position: int) -> None:
+    async def _run(self, position: int, end: int) -> None:
+        """Queue the bytes ``[position, end)``, then None."""
         from tally.objectstore import backoff_s, failure
 
         failures = 0
-        while position < self._size:
-            end = self._needed if position < self._needed else self._size
+        while position < end:
             try:
                 position = await self._stream(position, end)
             except asyncio.CancelledError:
