@@ -53,20 +53,22 @@ class StreamedReader(io.RawIOBase):
     """The bytes ``[offset, size)`` of an S3 object (s3fs), streamed (see the module)."""
 
     def __init__(
-        self, fs: Any, path: str, url: str, size: int, offset: int, needed: int, etag: str
+        self, fs: Any, path: str, url: str, size: int | None, offset: int, needed: int, etag: str
     ) -> None:
+        """``size`` None: not asked for (a range task whose version is known); the first
+        answer says it, and ``needed`` must be given."""
         self._fs = fs
         self._url = url
         self._bucket, self._key, _ = fs.split_path(path)
-        self._size = size
-        self._needed = size if needed < 0 else min(needed, size)
+        self._size: int = size if size is not None else 1 << 62  # until an answer says
+        self._needed = self._size if needed < 0 else min(needed, self._size)
         self._etag = etag
         self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(QUEUED)
         self._loop: asyncio.AbstractEventLoop = fs.loop
         self._current = memoryview(b"")
         self._ended = False
-        start = min(offset, size)
-        self._segment_end = self._needed if start < self._needed else size
+        start = min(offset, self._size)
+        self._segment_end = self._needed if start < self._needed else self._size
         self._pump = asyncio.run_coroutine_threadsafe(
             self._run(start, self._segment_end), self._loop
         )
@@ -107,7 +109,7 @@ class StreamedReader(io.RawIOBase):
         from tally.objectstore import backoff_s, failure
 
         failures = 0
-        while position < end:
+        while position < min(end, self._size):  # the size may be learnt on the way
             try:
                 position = await self._stream(position, end)
             except asyncio.CancelledError:
@@ -129,6 +131,10 @@ class StreamedReader(io.RawIOBase):
             "get_object", Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end - 1}",
             **condition,
         )  # fmt: skip
+        total = str(answer.get("ContentRange") or "").rpartition("/")[2]
+        if total.isdigit():  # "bytes a-b/size": the object's size, as the store says now
+            self._size = int(total)
+            end = min(end, self._size)
         body = answer["Body"]
         try:
             while start < end and (piece := await body.read(min(PIECE, end - start))):

@@ -237,9 +237,15 @@ def open_object(
     range; -1: all) is how far to read in whole chunks; past it, small reads finish a line.
     ``version``, when given, must still be the object's: a range of a changed object would
     mix two versions. Raises Unavailable; reads raise PartitionError."""
+    from tally.object_readers import RangedReader, StreamedReader
     from tally.remote import Unavailable
 
     fs, path = filesystem(url, options)
+    if url.split("://", 1)[0].lower() == "s3" and version and needed >= 0:
+        # a range of an object listed with its ETag: the GET itself checks the version
+        # (If-Match) and says the size; no metadata request first
+        stream = StreamedReader(fs, path, url, None, offset, needed, version)
+        return io.BufferedReader(stream, buffer_size=1 << 16)
     info = _info(url, options, fs, path)
     if info.get("type") == "directory":
         raise Unavailable("a prefix, not an object", retryable=False)
@@ -251,8 +257,6 @@ def open_object(
         raise Unavailable(
             f"changed since it was listed (version {version}, now {now})", retryable=False
         )
-    from tally.object_readers import RangedReader, StreamedReader
-
     reader: io.RawIOBase
     if url.split("://", 1)[0].lower() == "s3":
         etag = str(info.get("ETag") or "").strip('"')
