@@ -13,12 +13,16 @@ What is measured:
   the store's own Python SDK (boto3's ``get_object`` streamed in 1 MiB pieces;
   azure-storage-blob's ``download_blob().chunks()``) and dropping the bytes. Throughput is
   the bytes over the wall time from the start of the first download to the end of the last.
+  Twice: whole objects (one GET each), and the same byte ranges Tally's tasks read (objects
+  a little over 64 MiB are two ranges; a store whose ranged GET costs more than its share,
+  like moto's, which copies the whole object for each, shows in the difference).
 - **Tally**: ``tally run PREFIX --workers N --domain go.mail`` (the reference job's domain
   count: the data is read and counted). Throughput is the bytes over the job's ``wall_s`` in
   ``--stats`` (from the job's submission to its last commit: the workers started, joined
   and imported the storage SDK, every range read and counted); also over the time from the
   first task's start to the last commit (``--events``: the reading itself, as the SDK's
-  figure is), and over the process's whole wall time.
+  figure is), and over the process's whole wall time. Also with ``--split-size 0``: one
+  task per object, the SDK's whole-object reads.
 - **Memory**: ``tally run OBJECT --workers 1`` over one large object, whole (``--split-size
   0``: a single streamed task) and in 64 MiB ranges; the peak is the largest resident set
   of the coordinator and the worker (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` after each run,
@@ -65,9 +69,12 @@ def upload_dataset(server: Server, container: str, name: str, count: int, size: 
 # --- the SDK alone ------------------------------------------------------------------------
 
 
-def _read_with_sdk(args: tuple[str, dict[str, str], list[str]]) -> tuple[int, float, float]:
-    """Download ``urls`` one after the other with the plain SDK; (bytes, start, end)."""
-    scheme, env, urls = args
+Item = tuple[str, int, int]  # an object's URL and the bytes [start, end) to read (end -1: all)
+
+
+def _read_with_sdk(args: tuple[str, dict[str, str], list[Item]]) -> tuple[int, float, float]:
+    """Download the ``items`` one after the other with the plain SDK; (bytes, start, end)."""
+    scheme, env, items = args
     os.environ.update(env)
     total = 0
     if scheme == "s3":
@@ -75,9 +82,10 @@ def _read_with_sdk(args: tuple[str, dict[str, str], list[str]]) -> tuple[int, fl
 
         client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
         started = time.time()
-        for url in urls:
+        for url, start, end in items:
             bucket, key = url.split("://", 1)[1].split("/", 1)
-            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            extra = {} if end < 0 else {"Range": f"bytes={start}-{end - 1}"}
+            body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
             for piece in body.iter_chunks(MiB):
                 total += len(piece)
     else:
@@ -85,16 +93,26 @@ def _read_with_sdk(args: tuple[str, dict[str, str], list[str]]) -> tuple[int, fl
 
         service = BlobServiceClient.from_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"])
         started = time.time()
-        for url in urls:
+        for url, start, end in items:
             container, name = url.split("://", 1)[1].split("/", 1)
-            stream = service.get_blob_client(container, name).download_blob()
-            for piece in stream.chunks():
+            length = None if end < 0 else end - start
+            blob = service.get_blob_client(container, name)
+            for piece in blob.download_blob(offset=start, length=length).chunks():
                 total += len(piece)
     return total, started, time.time()
 
 
-def sdk_ceiling(server: Server, urls: list[str], readers: int) -> dict[str, Any]:
-    shares = [urls[i::readers] for i in range(readers)]
+def tally_ranges(server: Server, urls: list[str]) -> list[Item]:
+    """The bytes Tally's tasks read (default split size): a range from the byte before it
+    to its end and a little more, or a whole object."""
+    from tally.ranges import plan_tasks
+
+    tasks = plan_tasks(urls, 64 * MiB, options={k: str(v) for k, v in server.options.items()})
+    return [(t.url, max(t.start - 1, 0), t.end + 4096 if t.end >= 0 else -1) for t in tasks]
+
+
+def sdk_ceiling(server: Server, items: list[Item], readers: int) -> dict[str, Any]:
+    shares = [items[i::readers] for i in range(readers)]
     with multiprocessing.get_context("spawn").Pool(readers) as pool:
         done = pool.map(_read_with_sdk, [(server.scheme, server.env, s) for s in shares])
     total = sum(d[0] for d in done)
@@ -159,19 +177,32 @@ def measure(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     urls = upload_dataset(server, container, "data", args.objects, size)
     prefix = f"{server.scheme}://{container}/data/part-*.tsv"
     rows = []
+    whole = [(url, 0, -1) for url in urls]
+    ranged = tally_ranges(server, urls)
     for readers in args.readers:
-        best_sdk = max((sdk_ceiling(server, urls, readers) for _ in range(args.repeat)),
+        best_sdk = max((sdk_ceiling(server, whole, readers) for _ in range(args.repeat)),
                        key=lambda r: r["mb_s"])  # fmt: skip
+        best_ranged = max((sdk_ceiling(server, ranged, readers) for _ in range(args.repeat)),
+                          key=lambda r: r["mb_s"])  # fmt: skip
         best_tally = max((tally_run(server, prefix, readers) for _ in range(args.repeat)),
                          key=lambda r: r["mb_s"])  # fmt: skip
-        row = {"readers": readers, "sdk": best_sdk, "tally": best_tally,
-               "ratio": best_tally["mb_s"] / best_sdk["mb_s"]}  # fmt: skip
+        whole_tally = max(
+            (tally_run(server, prefix, readers, "--split-size", "0") for _ in range(args.repeat)),
+            key=lambda r: r["mb_s"],
+        )
+        row = {"readers": readers, "sdk": best_sdk, "sdk_same_ranges": best_ranged,
+               "ranges": len(ranged), "tally": best_tally, "tally_whole_objects": whole_tally,
+               "ratio": best_tally["mb_s"] / best_sdk["mb_s"],
+               "ratio_same_ranges": best_tally["mb_s"] / best_ranged["mb_s"]}  # fmt: skip
         rows.append(row)
         print(
-            f"{server.scheme}  readers {readers}: SDK {best_sdk['mb_s']:7.1f} MB/s   "
+            f"{server.scheme}  readers {readers}: SDK {best_sdk['mb_s']:7.1f} MB/s whole, "
+            f"{best_ranged['mb_s']:7.1f} MB/s same {len(ranged)} ranges   "
             f"tally {best_tally['mb_s']:7.1f} MB/s (job), {best_tally['mb_s_reading']:7.1f} "
             f"(first task to last), {best_tally['mb_s_process']:7.1f} (process)   "
-            f"ratio {row['ratio']:.2f}",
+            f"ratio {row['ratio']:.2f} (whole), {row['ratio_same_ranges']:.2f} (same ranges); "
+            f"tally --split-size 0 {whole_tally['mb_s']:7.1f} MB/s (job), ratio "
+            f"{whole_tally['mb_s'] / best_sdk['mb_s']:.2f} (whole)",
             flush=True,
         )
     memory: dict[str, Any] = {}
