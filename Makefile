@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 BASE_STAMP := $(VENV)/.installed-base
 DEMO_DIR ?= .cache/demo
 
@@ -12,12 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# the full install (tests, checks, `tally report`) includes the base one (what a worker needs)
-# the fast kernel's C extension is built by the install: rebuilt when its source changes
+# the full install (tests, checks, `tally report`, object stores) includes the base one (what
+# a worker of files and HTTP needs); the fast kernel's C extension is built by the install,
+# and rebuilt when its source changes
 NATIVE := setup.py $(wildcard src/tally/kernels/_native*.[ch])
 
 $(STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,report]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,report,cloud]'
 	touch $(STAMP) $(BASE_STAMP)
 
 $(BASE_STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
@@ -26,11 +28,16 @@ $(BASE_STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
 
 install: $(STAMP)
 
+# Azurite, the local Azure Storage server of the object-storage tests (package.json pins it)
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
 demo: $(BASE_STAMP)
 	$(BIN)/tally gen $(DEMO_DIR) --partitions 16 --partition-size 4MiB --seed 1
 	time $(BIN)/tally run $(DEMO_DIR)/filelist.csv --workers 4 --top 25
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
 check: $(STAMP)
@@ -44,4 +51,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache

@@ -25,6 +25,8 @@ from tally.protocol import QuerySpec
 from tally.queries import format_result, merger_for
 from tally.queries.domains import to_table
 
+pytest_plugins = ["storage_servers"]  # Azurite and an S3 server, started when a test asks
+
 # the real reference data: 200 lines of the ClickBench hits log and its published top 25
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLE = DATA / "clickbench-sample-200.tsv"

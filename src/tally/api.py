@@ -115,6 +115,8 @@ class JobOptions:
     split_size: int = DEFAULT_SPLIT_SIZE  # larger partitions run as ranges; 0: never split
     task_timeout: float | None = None  # an attempt running longer fails and is retried
     group_by: GroupByOptions | None = None  # a group-by over delimited files instead
+    output: str | None = None  # a path or URL: the result, in the format its extension names
+    storage_options: dict[str, str] = field(default_factory=dict)  # KEY=VALUE for fsspec
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -139,7 +141,20 @@ class JobOptions:
         _whole("split size", self.split_size, 0)
         if self.task_timeout is not None:
             _seconds("task timeout", self.task_timeout, 0.001)
+        self._check_storage()
         self.query()  # a bad group-by or SQL fails here, before anything starts
+
+    def _check_storage(self) -> None:
+        from tally.outputs import check_name
+
+        for key, value in self.storage_options.items():
+            if not isinstance(key, str) or not key or not isinstance(value, str):
+                raise ConfigError(f"storage option {key!r} must map a name to text")
+        for option, target in (("output", self.output), ("stats", self.stats)):
+            if target is not None:
+                check_name(target, option)
+        if self.events is not None:
+            check_name(self.events, "events")
 
     @property
     def local_workers(self) -> int:
@@ -270,6 +285,8 @@ def run(
     task_delay: float = 0.0,
     split_size: int | str = DEFAULT_SPLIT_SIZE,
     task_timeout: float | None = None,
+    output: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Result:
     """Run one job over ``source`` on this machine and return its :class:`Result`.
 
@@ -277,7 +294,10 @@ def run(
     ``top=K`` (the default, 25), ``domain="D"`` or ``all=True``. ``workers`` worker processes
     (default: one per CPU) start on 127.0.0.1 and are stopped before this returns. The other
     options are those of ``tally run``: ``record_limit`` and ``split_size`` take bytes or a
-    size such as ``"1MiB"``; ``stats`` and ``events`` are paths to write the run's records to.
+    size such as ``"1MiB"``; ``stats`` and ``events`` are paths or URLs to write the run's
+    records to, ``output`` one for the result (``.json``, ``.csv`` or ``.parquet``);
+    ``storage_options`` are keyword arguments for the fsspec filesystems (values that are not
+    text are passed as JSON).
     """
     options = JobOptions(
         source=os.fspath(source),
@@ -298,6 +318,8 @@ def run(
         task_delay=task_delay,
         split_size=to_bytes("split size", split_size, low=0),
         task_timeout=task_timeout,
+        output=None if output is None else os.fspath(output),
+        storage_options=_texts(storage_options or {}),
     )
     return run_job(options)
 
@@ -327,6 +349,13 @@ def sql(
     job = JobOptions(source=source, workers=workers, group_by=group_by,
                      split_size=to_bytes("split size", split_size, low=0), **options)  # fmt: skip
     return run_job(job)
+
+
+def _texts(options: dict[str, Any]) -> dict[str, str]:
+    """Storage options as the command line gives them: text, JSON for anything else."""
+    import json
+
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in options.items()}
 
 
 def run_job(options: JobOptions, on_result: Callable[[Result], None] | None = None) -> Result:

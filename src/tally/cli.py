@@ -77,6 +77,28 @@ def _size(high: int, low: int = 1) -> Callable[[str], int]:
     return size
 
 
+def _storage_option(text: str) -> tuple[str, str]:
+    from tally.objectstore import split_option
+
+    try:
+        return split_option(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-option",
+        metavar="KEY=VALUE",
+        type=_storage_option,
+        action="append",
+        default=[],
+        help="a keyword argument for the object-store filesystem (fsspec), repeatable; a "
+        "VALUE that is JSON is passed parsed. Credentials come from each process's own "
+        "environment; workers take their own --storage-option (default: none)",
+    )
+
+
 COUNT = _number(int, 1)
 PORT = _number(int, 0, 65535, what="a TCP port number")
 
@@ -150,6 +172,11 @@ def _add_job_options(parser: argparse.ArgumentParser, local: bool, sql: bool = F
          "0 never splits")  # fmt: skip
     _opt(parser, "--task-timeout", "S", _number(float, 0.001, unit="seconds"), None,
          "an attempt without a result after S seconds fails and is retried")  # fmt: skip
+    # storage: where the result goes, and options for object stores
+    _opt(parser, "--output", "URL", str, None,
+         "write the result to a path or object instead of stdout, in the format its "
+         "extension names: .json (as --format json), .csv or .parquet")  # fmt: skip
+    _add_storage_options(parser)
 
 
 def _add_task_delay(parser: argparse.ArgumentParser) -> None:
@@ -198,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_delay(work)
     _opt(work, "--slowdown", "F", _number(float, 0, above=True, what="a positive number"), 1.0,
          "fault injection: make every task F times slower")  # fmt: skip
+    _add_storage_options(work)
     _add_common(work, token=True)
 
     cpus = os.cpu_count() or 2
@@ -233,11 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT_DIR before is replaced: its part-NNNNN.tsv files are rewritten or removed; other "
         "files are left alone.",
     )
-    gen.add_argument("out_dir", help="folder to write into (created if missing)")
+    gen.add_argument(
+        "out_dir",
+        help="folder to write into (created if missing), or an object-store prefix such as "
+        "az://container/logs/ or s3://bucket/logs/",
+    )
     _opt(gen, "--partitions", "N", COUNT, 16, "files to write")
     _opt(gen, "--partition-size", "SIZE", _size(1 << 40), "32MiB",
          "bytes per file, or a size like 4MiB")  # fmt: skip
     _opt(gen, "--seed", "S", _number(int, 0), 1, "the same seed gives the same bytes")
+    _add_storage_options(gen)
     _add_common(gen)
 
     rep = _subcommand(sub, "report", "run the experiments and write a report with plots")
@@ -306,13 +339,17 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         task_delay=getattr(args, "task_delay", 0.0),
         split_size=args.split_size,
         task_timeout=args.task_timeout,
+        output=args.output,
+        storage_options=dict(args.storage_option),
     )
 
 
-def print_result(result: Result, fmt: str) -> None:
-    """The result on stdout; on stderr, the summary and (always) any malformed lines."""
-    sys.stdout.buffer.write(result.format(fmt).encode("utf-8"))
-    sys.stdout.flush()
+def print_result(result: Result, fmt: str, to_stdout: bool = True) -> None:
+    """The result on stdout (unless it went to ``--output``); on stderr, the summary and
+    (always) any malformed lines."""
+    if to_stdout:
+        sys.stdout.buffer.write(result.format(fmt).encode("utf-8"))
+        sys.stdout.flush()
     st = result.stats
     log.info(
         "done in %.3fs: %d partitions, %d lines, %d malformed (skipped), %d attempts, "
@@ -340,7 +377,7 @@ def _run_job(args: argparse.Namespace) -> int:
     options = job_options(args)
 
     def show(result: Result) -> None:
-        print_result(result, args.format)
+        print_result(result, args.format, to_stdout=options.output is None)
 
     if args.command in ("run", "sql"):
         result = run_job(options, on_result=show)
@@ -400,6 +437,7 @@ def _work(args: argparse.Namespace) -> int:
         kernel=args.kernel,
         task_delay_s=args.task_delay,
         slowdown=args.slowdown,
+        storage_options=dict(args.storage_option),
     )
     code = asyncio.run(Worker(config).run())
     logging.shutdown()
@@ -413,7 +451,14 @@ def _generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tally.datagen import FILELIST, foreign_files, generate
+    from tally.outputs import is_url
 
+    if is_url(args.out_dir):
+        from tally.gen_objects import generate_objects
+
+        generate_objects(args.out_dir, args.partitions, args.partition_size, args.seed,
+                         dict(args.storage_option))  # fmt: skip
+        return EXIT_OK
     started = time.perf_counter()
     paths = generate(args.out_dir, args.partitions, args.partition_size, args.seed)
     elapsed = time.perf_counter() - started

@@ -15,7 +15,7 @@ import importlib
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tally import protocol as p
@@ -45,6 +45,7 @@ class CoordinatorConfig:
     events: str | None = None  # a file that receives every event record as it happens
     serving: bool = False  # workers stay across jobs (``tally serve``)
     first_attempt: int = 1  # a restarted service starts past every id it ever issued
+    storage_options: dict[str, str] = field(default_factory=dict)  # for an --events URL
 
     @property
     def heartbeat_s(self) -> float:
@@ -65,7 +66,7 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, journal: Journal | None = None) -> None:
         self.config = config
         self.journal = journal
-        self.events = EventFile(config.events) if config.events else None
+        self.events = EventFile(config.events, config.storage_options) if config.events else None
         self.scheduler = Scheduler(
             config.lease_timeout_s,
             first_attempt=config.first_attempt,

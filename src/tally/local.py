@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from tally.coordinator import Coordinator, CoordinatorConfig
 from tally.errors import ConfigError, TallyError
 from tally.job import JobSpec, Outcome
 from tally.jobs.tasks import JobConfig
+from tally.outputs import probe, write_json, write_result
 from tally.queries.infer import bind
 from tally.queries.plan import Plan as GroupByPlan
 from tally.ranges import plan_tasks
@@ -43,6 +43,7 @@ def coordinator_config(
         lease_timeout_s=options.lease_timeout,
         progress=options.progress,
         events=options.events,
+        storage_options=dict(options.storage_options),
     )
 
 
@@ -51,9 +52,9 @@ def job_spec(options: JobOptions, urls: list[str], min_workers: int = 1) -> JobS
     first lines of the first partition (column names, count, types)."""
     plan = options.query()
     if isinstance(plan, GroupByPlan) and not plan.bound:
-        plan = bind(plan, sample_of(urls[0]))
+        plan = bind(plan, sample_of(urls[0], options=options.storage_options))
     return JobSpec(
-        tasks=plan_tasks(urls, options.split_size),
+        tasks=plan_tasks(urls, options.split_size, options=options.storage_options),
         plan=plan,
         record_limit=options.record_limit,
         config=JobConfig(
@@ -67,20 +68,20 @@ def job_spec(options: JobOptions, urls: list[str], min_workers: int = 1) -> JobS
 
 
 def check_outputs(options: JobOptions) -> None:
-    """Fail before the job, not after it, when the stats or events file cannot be written."""
-    for option, path in (("stats", options.stats), ("events", options.events)):
-        if path:
-            try:
-                with open(path, "a", encoding="utf-8"):
-                    pass
-            except OSError as exc:
-                raise ConfigError(f"cannot write --{option} {path}: {exc.strerror}") from exc
+    """Fail before the job, not after it, when the result, stats or events cannot be
+    written where they are asked for (a small marker is written there and deleted)."""
+    targets = (("output", options.output), ("stats", options.stats), ("events", options.events))
+    for option, target in targets:
+        if target:
+            probe(target, option, options.storage_options)
 
 
-def sample_of(url: str, size: int = SAMPLE_BYTES) -> bytes:
+def sample_of(
+    url: str, size: int = SAMPLE_BYTES, options: Mapping[str, str] | None = None
+) -> bytes:
     """The whole lines among the first ``size`` bytes of ``url`` (ConfigError if unreadable)."""
     try:
-        with open_partition(url) as stream:
+        with open_partition(url, options=options) as stream:
             data = stream.read(size)
     except TallyError as exc:
         raise ConfigError(f"cannot read the first lines of {url}: {exc.message}") from exc
@@ -90,10 +91,20 @@ def sample_of(url: str, size: int = SAMPLE_BYTES) -> bytes:
 
 
 def write_records(outcome: Outcome, options: JobOptions) -> None:
-    """The stats record (the events were written as they happened)."""
+    """The result (``--output``, only when there is one) and the stats record (the events
+    were written as they happened, or are uploaded as the coordinator closes)."""
     if options.stats:
-        with open(options.stats, "w", encoding="utf-8") as f:
-            json.dump(outcome.stats, f, indent=2)
+        write_json(outcome.stats, options.stats, "stats", options.storage_options)
+    if options.output and outcome.result is not None:
+        from tally.api import Result
+
+        write_result(Result.of(outcome.result, outcome.stats), options.output,
+                     options.storage_options)  # fmt: skip
+
+
+def storage_args(options: JobOptions) -> list[str]:
+    """The storage options as ``tally worker`` arguments, for the local workers."""
+    return [a for k, v in options.storage_options.items() for a in ("--storage-option", f"{k}={v}")]
 
 
 async def start_workers(
@@ -221,7 +232,8 @@ class Job:
     async def _run(self) -> Outcome:
         options = self.options
         check_outputs(options)
-        spec = job_spec(options, expand_source(options.source), max(1, self.local_workers))
+        urls = expand_source(options.source, options.storage_options)
+        spec = job_spec(options, urls, max(1, self.local_workers))
         config = coordinator_config(options, self.token, self.host, self.port)
         coordinator = self._coordinator = Coordinator(config)
         try:
@@ -231,7 +243,7 @@ class Job:
         submitted = coordinator.submit(spec)
         if self.signum is not None:  # interrupted while the job was being set up
             self.interrupt(self.signum)
-        extra = ["--kernel", options.kernel]
+        extra = ["--kernel", options.kernel, *storage_args(options)]
         if options.task_delay:
             extra += ["--task-delay", repr(options.task_delay)]
         workers = await start_workers(port, self.local_workers, self.token, extra)

@@ -1,9 +1,12 @@
 """Getting the next partition ready while the current one computes.
 
 A local partition is opened at once and the kernel is asked to read it ahead
-(``posix_fadvise(WILLNEED)``), which costs microseconds. A remote one is downloaded on a
-background thread into memory (up to ``max_bytes``; a larger one is streamed instead), so
-that the network and the CPU work at the same time.
+(``posix_fadvise(WILLNEED)``), which costs microseconds. An object in an object store is
+opened on a background thread, and its reader starts its first ranged reads there: it keeps
+a few chunks in flight by itself (:mod:`tally.objectstore`), so memory stays at a few chunks
+whatever the size. An ``http(s)`` one (a single streamed GET) is downloaded on a background
+thread into memory (up to ``max_bytes``; a larger one is streamed instead), so that the
+network and the CPU work at the same time.
 """
 
 from __future__ import annotations
@@ -11,21 +14,26 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from tally.errors import PartitionError, TallyError
 from tally.protocol import Task
 from tally.ranges import open_range
-from tally.remote import display
+from tally.remote import HTTP_SCHEMES, display, scheme_of
 from tally.storage import is_remote, open_partition
 
 DEFAULT_MAX_BYTES = 256 << 20
+LINE_SLACK = 4096  # read past a range's end in whole chunks: most last lines end there
 
 
 class Prefetcher:
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, max_bytes: int = DEFAULT_MAX_BYTES, options: Mapping[str, str] | None = None
+    ) -> None:
         self.max_bytes = max_bytes
+        self.options = dict(options or {})  # storage options, for object stores
         self._pool: ThreadPoolExecutor | None = None
         self._ready: dict[int, Future[BinaryIO]] = {}
 
@@ -52,8 +60,7 @@ class Prefetcher:
         if future is None:
             if not is_remote(task.url):
                 return _open_local(task)
-            offset = _offset(task)
-            return open_range(open_partition(task.url, offset), task.start, task.end, offset)
+            return self._open_remote(task)
         return future.result()
 
     def discard(self, key: int) -> None:
@@ -62,11 +69,21 @@ class Prefetcher:
         if future is not None:
             future.add_done_callback(_close_quietly)
 
+    def _open_remote(self, task: Task) -> BinaryIO:
+        offset = _offset(task)
+        needed = -1 if task.end < 0 else task.end + LINE_SLACK
+        stream = open_partition(task.url, offset, self.options, needed, task.version)
+        return open_range(stream, task.start, task.end, offset)
+
     def _download(self, task: Task) -> BinaryIO:
+        if scheme_of(task.url) not in HTTP_SCHEMES:  # reads ahead by itself, a few chunks
+            return self._open_remote(task)
         url, offset = task.url, _offset(task)
         stream = open_partition(url, offset)
         # a range needs its own bytes and a little more to finish its last line
-        limit = self.max_bytes if task.end < 0 else min(self.max_bytes, task.end - offset + 4096)
+        limit = (
+            self.max_bytes if task.end < 0 else min(self.max_bytes, task.end - offset + LINE_SLACK)
+        )
         data = bytearray()
         try:
             while len(data) <= limit:  # a read may return less than asked: loop

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -128,9 +129,10 @@ def open_range(stream: BinaryIO, start: int, end: int, base: int = 0) -> BinaryI
     return io.BufferedReader(RangeReader(stream, start, end if end >= 0 else 1 << 62, base))
 
 
-def describe(url: str) -> tuple[int | None, str]:
+def describe(url: str, options: Mapping[str, str] | None = None) -> tuple[int | None, str]:
     """A partition's size (None when unknown) and version: size and mtime for a file, the
-    ETag (or size and last-modified) of an object."""
+    ETag (or size and last-modified) of an object (as listed, when the source was a prefix
+    or a glob; ``options`` are the storage options)."""
     if not is_remote(url):
         try:
             st = os.stat(local_path(url))
@@ -139,17 +141,13 @@ def describe(url: str) -> tuple[int | None, str]:
         return st.st_size, f"{st.st_size}-{st.st_mtime_ns}"
     if url.startswith(("http://", "https://")):
         return _http_describe(url)
-    import fsspec
+    from tally.objectstore import describe as describe_object
+    from tally.remote import Unavailable, display
 
     try:
-        fs, path = fsspec.core.url_to_fs(url)
-        info = fs.info(path)
-    except Exception as exc:  # reported by the task that reads it, with the storage error
-        raise PartitionError(f"cannot open {url}: {exc}") from exc
-    size = info.get("size")
-    tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
-    version = str(tag).strip('"') if tag else ("" if size is None else str(size))
-    return (int(size) if size is not None else None), version
+        return describe_object(url, options)
+    except Unavailable as exc:  # reported by the task that reads it
+        raise PartitionError(f"cannot open {display(url)}: {exc.reason}") from exc
 
 
 def _http_describe(url: str) -> tuple[int | None, str]:
@@ -170,14 +168,19 @@ def _http_describe(url: str) -> tuple[int | None, str]:
     return (size if accepts_ranges else None), tag.strip('"')
 
 
-def plan_tasks(urls: list[str], split_size: int, threads: int = 16) -> list[Task]:
+def plan_tasks(
+    urls: list[str],
+    split_size: int,
+    threads: int = 16,
+    options: Mapping[str, str] | None = None,
+) -> list[Task]:
     """One task per partition, or per line-aligned range of ``split_size`` bytes of one
     larger than that; each with the version listed. A partition that cannot be described
     now stays one task, so that its attempts report why."""
 
     def tasks_of(url: str) -> list[Task]:
         try:
-            size, version = describe(url)
+            size, version = describe(url, options)
         except PartitionError:
             return [Task(url)]
         if size is None:

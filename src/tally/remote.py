@@ -19,6 +19,7 @@ import io
 import re
 import socket
 import ssl
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tally.errors import PartitionError, TallyError
@@ -96,27 +97,26 @@ def _missing_filesystem(scheme: str) -> str | None:
     return None
 
 
-def open_remote(url: str, offset: int = 0) -> BinaryIO:
+def open_remote(
+    url: str,
+    offset: int = 0,
+    options: Mapping[str, str] | None = None,
+    needed: int = -1,
+    version: str = "",
+) -> BinaryIO:
     """A stream of the object at ``url`` from byte ``offset``; :class:`Unavailable` if it
-    cannot be opened."""
+    cannot be opened. An object store's is read in ranged chunks (whole ones up to byte
+    ``needed``), with the storage ``options`` given, and must still have the ``version``
+    listed (see :mod:`tally.objectstore`)."""
     scheme = scheme_of(url) or ""
-    is_http = scheme in HTTP_SCHEMES
-    if is_http:
-        inner: Any = _http_get(url, offset)
-    else:
-        problem = missing_filesystem(scheme)
-        if problem is not None:
-            raise Unavailable(problem)  # another worker may have the package
-        try:
-            import fsspec
+    if scheme in HTTP_SCHEMES:
+        return io.BufferedReader(_Guarded(_http_get(url, offset), url, True), buffer_size=1 << 16)
+    problem = missing_filesystem(scheme)
+    if problem is not None:
+        raise Unavailable(problem)  # another worker may have the package
+    from tally.objectstore import open_object
 
-            inner = fsspec.open(url, "rb").open()
-            if offset:
-                inner.seek(offset)  # a ranged read from there on
-        except Exception as exc:  # any storage library's failure: one line, never a traceback
-            missing = isinstance(exc, FileNotFoundError)  # the object store has no such object
-            raise Unavailable(reason(exc), retryable=not missing) from exc
-    return io.BufferedReader(_Guarded(inner, url, is_http), buffer_size=1 << 16)
+    return open_object(url, offset, options, needed, version)
 
 
 def _http_get(url: str, offset: int = 0) -> http.client.HTTPResponse:

@@ -24,7 +24,7 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -64,10 +64,11 @@ def local_path(url: str) -> str:
     return url
 
 
-def expand_source(source: str) -> list[str]:
-    """The partition URLs that SOURCE names, in a stable order. ConfigError if none."""
+def expand_source(source: str, options: Mapping[str, str] | None = None) -> list[str]:
+    """The partition URLs that SOURCE names, in a stable order. ConfigError if none.
+    ``options`` are the storage options (``KEY=VALUE`` texts) for object stores."""
     try:
-        urls = _expand(source)
+        urls = _expand(source, options)
     except Unavailable as exc:
         raise ConfigError(f"cannot read source {display(source)}: {exc.reason}") from exc
     except PartitionError as exc:  # reading a remote list broke off
@@ -79,9 +80,17 @@ def expand_source(source: str) -> list[str]:
     return urls
 
 
-def open_partition(url: str, offset: int = 0) -> BinaryIO:
+def open_partition(
+    url: str,
+    offset: int = 0,
+    options: Mapping[str, str] | None = None,
+    needed: int = -1,
+    version: str = "",
+) -> BinaryIO:
     """Open a partition for reading from byte ``offset``; PartitionError (retryable unless
-    another attempt cannot help, like after an HTTP 404) if it cannot be opened."""
+    another attempt cannot help, like after an HTTP 404) if it cannot be opened. For an
+    object store: the storage ``options``, how far the task surely reads (``needed``, -1:
+    to the end) and the ``version`` it was listed with (see :func:`tally.remote.open_remote`)."""
     if not is_remote(url):
         path = local_path(url)
         try:
@@ -95,13 +104,13 @@ def open_partition(url: str, offset: int = 0) -> BinaryIO:
         except OSError as exc:
             raise PartitionError(f"cannot open {url}: {reason(exc)}") from exc
     try:
-        return open_remote(url, offset)
+        return open_remote(url, offset, options, needed, version)
     except Unavailable as exc:
         message = f"cannot open {display(url)}: {exc.reason}"
         raise PartitionError(message, retryable=exc.retryable) from exc
 
 
-def _expand(source: str) -> list[str]:
+def _expand(source: str, options: Mapping[str, str] | None) -> list[str]:
     scheme = scheme_of(source)
     if scheme is not None and scheme != "file":
         problem = missing_filesystem(scheme)
@@ -109,7 +118,7 @@ def _expand(source: str) -> list[str]:
             raise ConfigError(f"source {display(source)}: {problem}")
         if scheme in HTTP_SCHEMES:  # taken literally: no globs, the query string kept
             return _expand_file(source, open_remote(source), _http_resolver(source), None)
-        return _expand_fsspec(source)
+        return _expand_fsspec(source, options)
     path = local_path(source)
     if any(c in path for c in GLOB_CHARS) and not os.path.lexists(path):
         import glob
@@ -136,30 +145,39 @@ def _expand(source: str) -> list[str]:
     return _expand_file(source, open(path, "rb"), resolve, os.path.abspath(path))
 
 
-def _expand_fsspec(source: str) -> list[str]:
-    """A glob, a prefix (folder), a list or a data file in an object store."""
-    import fsspec
+def _expand_fsspec(source: str, options: Mapping[str, str] | None) -> list[str]:
+    """A glob, a prefix (folder), a list or a data file in an object store. What the
+    listing said of each object is kept for planning: its size and version (ETag)."""
+    from tally.objectstore import failure, filesystem, remember_listed
+
+    fs, path = filesystem(source, options)
+    scheme = scheme_of(source)
+
+    def unstrip(found: str) -> str:  # the source's own scheme (az://, not abfs://)
+        return f"{scheme}://{found}"
 
     try:
-        fs, path = fsspec.core.url_to_fs(source)
+        fs.invalidate_cache()  # a long-lived process lists afresh, never from an old listing
         if any(c in path for c in GLOB_CHARS):
             found = fs.glob(path, detail=True)  # one listing, not a request per object
-            urls = [fs.unstrip_protocol(p) for p in sorted(found) if found[p]["type"] == "file"]
+            files = [p for p in sorted(found) if found[p]["type"] == "file"]
+            urls = [remember_listed(unstrip(p), found[p]) for p in files]
             log.info("source %s: a glob matching %d object(s)", display(source), len(urls))
             return urls
         if fs.isdir(path):
-            names = sorted(p for p in fs.find(path, maxdepth=1) if _listed(posixpath.basename(p)))
-            urls = [fs.unstrip_protocol(p) for p in names]
+            listed = fs.find(path, maxdepth=1, detail=True)
+            names = sorted(p for p in listed if _listed(posixpath.basename(p)))
+            urls = [remember_listed(unstrip(p), listed[p]) for p in names]
             log.info("source %s: a prefix of %d object(s)", display(source), len(urls))
             return urls
     except Exception as exc:  # any storage library's failure: one line, never a traceback
-        raise Unavailable(reason(exc)) from exc
+        raise Unavailable(*failure(exc)) from exc
     folder = posixpath.dirname(path)
 
     def resolve(entry: str) -> str:
-        return str(fs.unstrip_protocol(posixpath.normpath(posixpath.join(folder, entry))))
+        return unstrip(posixpath.normpath(posixpath.join(folder, entry)))
 
-    return _expand_file(source, open_remote(source), resolve, None)
+    return _expand_file(source, open_remote(source, 0, options), resolve, None)
 
 
 def _http_resolver(source: str) -> Callable[[str], str]:

@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 from tally import protocol as p
@@ -42,6 +42,7 @@ class WorkerConfig:
     kernel: str = "auto"
     task_delay_s: float = 0.0  # fault injection: extra seconds per task (a slow machine)
     slowdown: float = 1.0  # fault injection: every task takes this many times longer
+    storage_options: dict[str, str] = field(default_factory=dict)  # KEY=VALUE for fsspec
 
 
 class Worker:
@@ -200,7 +201,7 @@ class Worker:
     def _compute_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The compute thread: run tasks one by one, hand each result to the event loop, and
         get the next partition ready while the current one computes. None stops it."""
-        prefetch = Prefetcher()
+        prefetch = Prefetcher(options=self.config.storage_options)
         ahead: list[tuple[int, p.Assign] | None] = []  # the next item, taken early
         while (item := ahead.pop() if ahead else self.queue.get()) is not None:
             with contextlib.suppress(queue.Empty):
