@@ -49,6 +49,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,report,peers]'
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/kernel_speed.py
+	$(BIN)/python bench/tpch.py
 
 clean:
 	rm -rf $(VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache
