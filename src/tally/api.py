@@ -377,7 +377,7 @@ def run_coordinator(
     Beyond loopback, ``token`` (the cluster secret) must not be empty."""
     from tally.local import Job
 
-    if not token and not _is_loopback(host):
+    if not token and not is_loopback(host):
         raise ConfigError(
             f"refusing to listen on {host} without a cluster token: "
             "set TALLY_TOKEN or pass --token-file"
@@ -386,7 +386,8 @@ def run_coordinator(
     return _finish(Job(options, host=host, port=port, token=token), on_result)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (listening there needs no token)."""
     if host == "localhost":
         return True
     try:

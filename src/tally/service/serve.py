@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.applications import Starlette
 
+from tally.api import is_loopback
 from tally.coordinator import CoordinatorConfig
 from tally.errors import ConfigError
 from tally.service.api import build_app
@@ -26,17 +27,6 @@ from tally.service.jobs import JobService
 from tally.service.store import StateStore
 
 log = logging.getLogger("tally.serve")
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -76,7 +66,7 @@ def _http_server(app: Starlette) -> uvicorn.Server:
 
 
 async def serve(args: argparse.Namespace, token: bytes) -> int:
-    if not token and not _is_loopback(args.host):
+    if not token and not is_loopback(args.host):
         raise ConfigError(
             f"refusing to listen on {args.host} without a cluster token: "
             "set TALLY_TOKEN or pass --token-file"
