@@ -93,7 +93,7 @@ def _add_storage_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="a keyword argument for the object-store filesystem (fsspec), repeatable; a "
         "VALUE that is JSON is passed parsed. Credentials come from each process's own "
-        "environment; workers take their own --storage-option",
+        "environment; workers take their own --storage-option (default: none)",
     )
 
 
