@@ -130,10 +130,18 @@ def test_a_split_object_runs_as_ranges_with_its_listed_version(loaded: tuple[Ser
     assert len(tasks) == -(-size // 5000) and tasks[-1].end == size
     assert {t.version for t in tasks} == {str(etag).strip('"')}
     got = b""
-    for task in tasks:  # each range from a ranged read: together, every byte once
-        with open_partition(url, task.start, options, task.end, task.version) as stream:
-            got += stream.read(task.end - task.start)
+    throttle = Throttle(lambda method, path, headers: False)  # sees every request
+    with throttling_proxy(store.endpoint, store.scheme, throttle) as proxy:
+        for task in tasks:  # each range from a ranged read: together, every byte once
+            through = proxied_options(store, proxy)
+            with open_partition(url, task.start, through, task.end, task.version) as stream:
+                got += stream.read(task.end - task.start)
     assert got == SAMPLE.read_bytes()
+    reads = [rng for method, _, rng in throttle.seen if method == "GET"]
+    assert reads and all(rng.startswith("bytes=") for rng in reads)  # never the whole object
+    for task in tasks:  # each read begins where it was asked to, and ends at the range's end
+        assert f"bytes={task.start}-{task.end - 1}" in reads, (task, reads)
+    assert len(reads) == len(tasks)  # nothing read ahead past a range's end
 
 
 def test_planning_takes_sizes_and_versions_from_the_listing(store: Server) -> None:

@@ -9,7 +9,8 @@ with bounded memory whatever its size.
   once. A body that breaks off is asked for again from where it stopped. When the version
   listed is an ETag, the GET carries ``If-Match``: a changed object fails the read.
 - :class:`RangedReader` (any fsspec filesystem: Azure, memory): consecutive ranged reads of
-  ``CHUNK`` bytes (``TAIL`` past the range's end), ``AHEAD`` of them in flight on threads.
+  ``CHUNK`` bytes, ``AHEAD`` of them in flight on threads, up to the end of the range the task
+  needs; past it, reads of ``TAIL`` bytes only as the caller asks (its last line goes on).
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ class RangedReader(io.RawIOBase):
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         if not self._current:
             if not self._fetches:
-                return 0
+                self._fill(past_needed=True)  # the caller reads on past the range's end
+                if not self._fetches:
+                    return 0
             future = self._fetches.popleft()
             self._fill()
             self._current = memoryview(self._result(future))
@@ -186,9 +189,13 @@ class RangedReader(io.RawIOBase):
         self._current = memoryview(b"")
         super().close()
 
-    def _fill(self) -> None:
+    def _fill(self, past_needed: bool = False) -> None:
+        """Keep AHEAD reads in flight up to ``needed``; past it, one read when asked for."""
         while len(self._fetches) < AHEAD and self._next < self._size:
             start = self._next
+            if start >= self._needed and not past_needed:
+                return
+            past_needed = False
             step = CHUNK if start < self._needed else TAIL
             end = min(start + step, self._size)
             if start < self._needed < end:
