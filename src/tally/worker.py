@@ -119,7 +119,9 @@ class Worker:
             self.name,
             cfg.slots,
             timeout_s=cfg.connect_timeout_s,
-            rejoining=self.welcome is not None,
+            # a one-job coordinator that refuses us has ended its job: leave; a server that
+            # refuses us is restarting: keep trying for the whole connect timeout
+            rejoining=self.welcome is not None and not self.welcome.serving,
         )
         if isinstance(joined, Gone):  # refused for a while after having joined: job over
             log.warning("%s", joined.reason)
