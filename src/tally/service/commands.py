@@ -202,13 +202,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> bytes:
-    if args.token_file:
-        try:
-            with open(args.token_file, "rb") as f:
-                return f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file: {exc}") from exc
-    return os.environ.get("TALLY_TOKEN", "").strip().encode()
+    from tally.cli import read_token  # the command line's own: --token-file, else TALLY_TOKEN
+
+    return read_token(args)
 
 
 def server_source(source: str) -> str:
