@@ -105,7 +105,7 @@ def _read_with_sdk(args: tuple[str, dict[str, str], list[Item]]) -> tuple[int, f
 def tally_ranges(server: Server, urls: list[str]) -> list[Item]:
     """The bytes Tally's tasks read (default split size): a range from the byte before it
     to its end and a little more, or a whole object."""
-    from tally.ranges import plan_tasks
+    from tally.storage.ranges import plan_tasks
 
     tasks = plan_tasks(urls, 64 * MiB, options={k: str(v) for k, v in server.options.items()})
     return [(t.url, max(t.start - 1, 0), t.end + 4096 if t.end >= 0 else -1) for t in tasks]

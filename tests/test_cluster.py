@@ -25,7 +25,7 @@ from tally.coordinator import Coordinator, CoordinatorConfig
 from tally.job import JobSpec
 from tally.jobs.tasks import JobConfig
 from tally.protocol import QuerySpec, Task
-from tally.storage import expand_source
+from tally.storage.sources import expand_source
 
 TOP25 = QuerySpec("top", k=25)
 LEASE_S = 2.0

@@ -15,11 +15,11 @@ from conftest import SAMPLE, reference_output
 from storage_faults import Throttle, throttling_proxy
 from storage_servers import Server, azurite_connection_string
 from tally.errors import PartitionError
-from tally.objectstore import parse_storage_options
 from tally.prefetch import Prefetcher
 from tally.protocol import QuerySpec
-from tally.ranges import plan_tasks
-from tally.storage import expand_source, open_partition
+from tally.storage.objectstore import parse_storage_options
+from tally.storage.ranges import plan_tasks
+from tally.storage.sources import expand_source, open_partition
 
 TOP25 = QuerySpec("top", k=25)
 

@@ -15,7 +15,7 @@ from storage_faults import Throttle, throttling_proxy
 from storage_servers import AZURITE_KEY, Server, azurite_connection_string
 from tally.errors import ConfigError
 from tally.protocol import QuerySpec
-from tally.storage import expand_source
+from tally.storage.sources import expand_source
 
 TOP25 = QuerySpec("top", k=25)
 

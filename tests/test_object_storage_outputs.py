@@ -22,7 +22,7 @@ from storage_faults import Throttle, throttling_proxy
 from storage_servers import AZURITE_ACCOUNT, AZURITE_KEY, Server
 from tally.datagen import generate
 from tally.protocol import QuerySpec
-from tally.ranges import cut
+from tally.storage.ranges import cut
 
 TOP25 = QuerySpec("top", k=25)
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import SAMPLE, reference_output
 from tally.kernels.reference import count_domains
 from tally.protocol import QuerySpec
-from tally.ranges import RangeReader, cut, open_range, plan_tasks
+from tally.storage.ranges import RangeReader, cut, open_range, plan_tasks
 
 
 class Unseekable(io.RawIOBase):

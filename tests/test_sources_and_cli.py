@@ -17,7 +17,7 @@ import pytest
 from conftest import SAMPLE, Procs, free_port, reference_output, serve_http, split_round_robin
 from tally.errors import ConfigError, PartitionError
 from tally.protocol import QuerySpec
-from tally.storage import expand_source, open_partition
+from tally.storage.sources import expand_source, open_partition
 
 STATS_KEYS = {
     "wall_s", "partitions", "attempts", "reassigned", "duplicates_dropped", "workers_lost",

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import SAMPLE, free_port, reference_output, split_round_robin
-from tally import remote
+from tally.storage import remote
 from tally.errors import ConfigError, PartitionError
 from tally.protocol import QuerySpec
-from tally.storage import expand_source, open_partition
+from tally.storage.sources import expand_source, open_partition
 
 TOP25 = QuerySpec("top", k=25)
 SIGNATURE = "sv=2024-05-04&sig=a%2Bb*c?d[1]"  # glob characters and a '?' inside a query
@@ -131,7 +131,7 @@ def test_content_decides_before_the_name(tmp_path: Path, parts: Path) -> None:
 def test_the_decision_is_logged(parts: Path, caplog: pytest.LogCaptureFixture) -> None:
     unnamed = parts / "partitions"
     unnamed.write_text("part-000.tsv\npart-001.tsv\n")
-    with caplog.at_level(logging.INFO, logger="tally.storage"):
+    with caplog.at_level(logging.INFO, logger="tally.storage.sources"):
         expand_source(str(unnamed))
         expand_source(str(parts / "part-000.tsv"))
     assert caplog.messages == [
@@ -409,7 +409,7 @@ def test_opening_a_fifo_partition_fails_at_once(tmp_path: Path) -> None:
 def test_local_partitions_use_the_builtin_open_without_fsspec(parts: Path) -> None:
     script = (
         "import io, sys\n"
-        "from tally.storage import expand_source, open_partition\n"
+        "from tally.storage.sources import expand_source, open_partition\n"
         "urls = expand_source(sys.argv[1])\n"
         "with open_partition(urls[0]) as f:\n"
         "    ok = type(f) is io.BufferedReader and f.read() == open(sys.argv[2], 'rb').read()\n"

@@ -145,7 +145,7 @@ class JobOptions:
         self.query()  # a bad group-by or SQL fails here, before anything starts
 
     def _check_storage(self) -> None:
-        from tally.outputs import check_name
+        from tally.storage.outputs import check_name
 
         for key, value in self.storage_options.items():
             if not isinstance(key, str) or not key or not isinstance(value, str):

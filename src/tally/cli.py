@@ -78,7 +78,7 @@ def _size(high: int, low: int = 1) -> Callable[[str], int]:
 
 
 def _storage_option(text: str) -> tuple[str, str]:
-    from tally.objectstore import split_option
+    from tally.storage.objectstore import split_option
 
     try:
         return split_option(text)
@@ -451,10 +451,10 @@ def _generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tally.datagen import FILELIST, foreign_files, generate
-    from tally.outputs import is_url
+    from tally.storage.outputs import is_url
 
     if is_url(args.out_dir):
-        from tally.gen_objects import generate_objects
+        from tally.storage.gen_objects import generate_objects
 
         generate_objects(args.out_dir, args.partitions, args.partition_size, args.seed,
                          dict(args.storage_option))  # fmt: skip

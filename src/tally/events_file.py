@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from tally.errors import ConfigError, TallyError
-from tally.outputs import is_url, local_target, write
-from tally.remote import display
+from tally.storage.outputs import is_url, local_target, write
+from tally.storage.remote import display
 
 log = logging.getLogger("tally.events")
 

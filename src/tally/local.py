@@ -18,11 +18,11 @@ from tally.coordinator import Coordinator, CoordinatorConfig
 from tally.errors import ConfigError, TallyError
 from tally.job import JobSpec, Outcome
 from tally.jobs.tasks import JobConfig
-from tally.outputs import probe, write_json, write_result
 from tally.queries.infer import bind
 from tally.queries.plan import Plan as GroupByPlan
-from tally.ranges import plan_tasks
-from tally.storage import expand_source, open_partition
+from tally.storage.outputs import probe, write_json, write_result
+from tally.storage.ranges import plan_tasks
+from tally.storage.sources import expand_source, open_partition
 
 if TYPE_CHECKING:
     from tally.api import JobOptions

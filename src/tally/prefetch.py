@@ -3,7 +3,7 @@
 A local partition is opened at once and the kernel is asked to read it ahead
 (``posix_fadvise(WILLNEED)``), which costs microseconds. An object in an object store is
 opened on a background thread, and its reader starts its first ranged reads there: it keeps
-a few chunks in flight by itself (:mod:`tally.objectstore`), so memory stays at a few chunks
+a few chunks in flight by itself (:mod:`tally.storage.objectstore`), so memory stays at a few chunks
 whatever the size. An ``http(s)`` one (a single streamed GET) is downloaded on a background
 thread into memory (up to ``max_bytes``; a larger one is streamed instead), so that the
 network and the CPU work at the same time.
@@ -20,9 +20,9 @@ from typing import BinaryIO
 
 from tally.errors import PartitionError, TallyError
 from tally.protocol import Task
-from tally.ranges import open_range
-from tally.remote import HTTP_SCHEMES, display, scheme_of
-from tally.storage import is_remote, open_partition
+from tally.storage.ranges import open_range
+from tally.storage.remote import HTTP_SCHEMES, display, scheme_of
+from tally.storage.sources import is_remote, open_partition
 
 DEFAULT_MAX_BYTES = 256 << 20
 LINE_SLACK = 4096  # read past a range's end in whole chunks: most last lines end there

@@ -20,7 +20,7 @@ from tally.local import sample_of
 from tally.protocol import Plan, QuerySpec
 from tally.queries.infer import bind
 from tally.queries.plan import Plan as GroupByPlan
-from tally.ranges import plan_tasks
+from tally.storage.ranges import plan_tasks
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",

@@ -209,7 +209,7 @@ def _token(args: argparse.Namespace) -> bytes:
 
 def server_source(source: str) -> str:
     """A local path as an absolute one (the server may run elsewhere); URLs as they are."""
-    from tally.storage import GLOB_CHARS, is_remote
+    from tally.storage.sources import GLOB_CHARS, is_remote
 
     if is_remote(source) or source.startswith("file://"):
         return source

@@ -37,7 +37,7 @@ from tally.service.bodies import (
 )
 from tally.service.live import LiveView
 from tally.service.metrics import Metrics
-from tally.storage import expand_source
+from tally.storage.sources import expand_source
 
 log = logging.getLogger("tally.service")
 SAMPLE_EVERY_S = 1.0

@@ -26,13 +26,13 @@ from tally.jobs.tasks import JobConfig
 from tally.protocol import Plan, QuerySpec
 from tally.queries import Merger, format_result, merger_for
 from tally.queries.plan import Plan as GroupByPlan
-from tally.ranges import plan_tasks
 from tally.service import watch_journal as wj
 from tally.service.bodies import SUCCEEDED
 from tally.service.jobs import JobService
 from tally.service.store import Statements
 from tally.service.watch_io import check_places, list_objects, output_url, write_atomic
 from tally.service.watch_state import RUNNING, Listed, WatchState
+from tally.storage.ranges import plan_tasks
 
 log = logging.getLogger("tally.watch")
 TOTAL = "_total"
@@ -248,7 +248,7 @@ def query_of(
 def watch_config(args: Any) -> WatchConfig:
     """The watcher's configuration from ``tally serve``'s arguments."""
     from tally.groupby_options import options_of
-    from tally.storage import is_remote
+    from tally.storage.sources import is_remote
 
     if not args.output:
         raise ConfigError("--watch needs --output PREFIX: where the results go")

@@ -1,7 +1,7 @@
 """The storage watcher's I/O: listing a folder or prefix with each object's version, and
 writing a result file atomically.
 
-A local folder is listed with ``os.scandir`` (versions as :func:`tally.ranges.describe`
+A local folder is listed with ``os.scandir`` (versions as :func:`tally.storage.ranges.describe`
 gives them: size and mtime in nanoseconds); any other URL through its fsspec filesystem
 (``az://``, ``s3://`` when adlfs or s3fs is installed): one recursive listing per poll,
 the version being the ETag the listing carries.
@@ -16,7 +16,7 @@ from typing import Any
 
 from tally.errors import ConfigError
 from tally.service.watch_state import Listed, ignored
-from tally.storage import is_remote, local_path
+from tally.storage.sources import is_remote, local_path
 
 
 def check_places(source: str, output: str) -> None:

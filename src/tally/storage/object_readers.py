@@ -41,8 +41,8 @@ class _Short(Exception):
 
 
 def _read_error(url: str, exc: BaseException) -> PartitionError:
-    from tally.objectstore import failure
-    from tally.remote import display
+    from tally.storage.objectstore import failure
+    from tally.storage.remote import display
 
     if isinstance(exc, _Short):
         return PartitionError(f"cannot read {display(url)}: {exc}")
@@ -107,7 +107,7 @@ class StreamedReader(io.RawIOBase):
 
     async def _run(self, position: int, end: int) -> None:
         """Queue the bytes ``[position, end)``, then None."""
-        from tally.objectstore import backoff_s, failure
+        from tally.storage.objectstore import backoff_s, failure
 
         failures = 0
         while position < min(end, self._size):  # the size may be learnt on the way

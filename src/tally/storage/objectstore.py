@@ -14,7 +14,7 @@ an unreachable endpoint; what still fails is a failed attempt, which the schedul
 elsewhere unless retrying cannot help (a missing object, container or bucket; credentials
 the store refuses).
 
-An object is read a few chunks ahead of the caller (:mod:`tally.object_readers`), so the
+An object is read a few chunks ahead of the caller (:mod:`tally.storage.object_readers`), so the
 network works while the caller computes and a partition of any size costs a few chunks of
 memory.
 """
@@ -111,7 +111,7 @@ def filesystem(url: str, options: Mapping[str, str] | None = None) -> tuple[Any,
             {"connect_timeout": 10, "read_timeout": 60, "retries": {"total_max_attempts": 1}},
         )
     _quiet_client_logs()
-    from tally.remote import Unavailable
+    from tally.storage.remote import Unavailable
 
     try:
         fs, path = fsspec.core.url_to_fs(url, **kwargs)
@@ -188,7 +188,7 @@ def describe(url: str, options: Mapping[str, str] | None = None) -> tuple[int | 
 def _info(
     url: str, options: Mapping[str, str] | None, fs: Any = None, path: str = ""
 ) -> dict[str, Any]:
-    from tally.remote import Unavailable
+    from tally.storage.remote import Unavailable
 
     if fs is None:
         fs, path = filesystem(url, options)
@@ -237,8 +237,8 @@ def open_object(
     range; -1: all) is how far to read in whole chunks; past it, small reads finish a line.
     ``version``, when given, must still be the object's: a range of a changed object would
     mix two versions. Raises Unavailable; reads raise PartitionError."""
-    from tally.object_readers import RangedReader, StreamedReader
-    from tally.remote import Unavailable
+    from tally.storage.object_readers import RangedReader, StreamedReader
+    from tally.storage.remote import Unavailable
 
     fs, path = filesystem(url, options)
     if url.split("://", 1)[0].lower() == "s3" and version and needed >= 0:
@@ -291,7 +291,7 @@ def failure(exc: BaseException) -> tuple[str, bool]:
         return "access denied", False
     if "IncompleteRead" in names or "ClientPayloadError" in names:
         return "the connection closed before the end", True
-    from tally.remote import reason
+    from tally.storage.remote import reason
 
     return reason(exc), True
 

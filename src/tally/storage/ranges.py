@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from tally.errors import PartitionError
 from tally.protocol import Task
-from tally.storage import is_remote, local_path
+from tally.storage.sources import is_remote, local_path
 
 CHUNK = 1 << 20
 DESCRIBE_TIMEOUT_S = 5.0
@@ -141,8 +141,8 @@ def describe(url: str, options: Mapping[str, str] | None = None) -> tuple[int | 
         return st.st_size, f"{st.st_size}-{st.st_mtime_ns}"
     if url.startswith(("http://", "https://")):
         return _http_describe(url)
-    from tally.objectstore import describe as describe_object
-    from tally.remote import Unavailable, display
+    from tally.storage.objectstore import describe as describe_object
+    from tally.storage.remote import Unavailable, display
 
     try:
         return describe_object(url, options)

@@ -21,12 +21,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tally.errors import ConfigError, TallyError
-from tally.remote import HTTP_SCHEMES, Unavailable, display, missing_filesystem, scheme_of
+from tally.storage.remote import HTTP_SCHEMES, Unavailable, display, missing_filesystem, scheme_of
 
 if TYPE_CHECKING:
     from tally.api import Result
 
-log = logging.getLogger("tally.outputs")
+log = logging.getLogger("tally.storage.outputs")
 
 RESULT_SUFFIXES = (".json", ".csv", ".parquet")
 
@@ -79,7 +79,7 @@ def probe(target: str, option: str, options: Mapping[str, str] | None = None) ->
         except OSError as exc:
             raise ConfigError(f"cannot write --{option} {target}: {exc.strerror}") from exc
         return
-    from tally.objectstore import failure, filesystem
+    from tally.storage.objectstore import failure, filesystem
 
     try:
         fs, path = filesystem(target, options)
@@ -100,7 +100,7 @@ def write(target: str, data: bytes, option: str, options: Mapping[str, str] | No
     if not is_url(target):
         _write_local(local_target(target), data, option)
         return
-    from tally.objectstore import failure, filesystem
+    from tally.storage.objectstore import failure, filesystem
 
     try:
         fs, path = filesystem(target, options)

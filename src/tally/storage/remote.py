@@ -107,14 +107,14 @@ def open_remote(
     """A stream of the object at ``url`` from byte ``offset``; :class:`Unavailable` if it
     cannot be opened. An object store's is read in ranged chunks (whole ones up to byte
     ``needed``), with the storage ``options`` given, and must still have the ``version``
-    listed (see :mod:`tally.objectstore`)."""
+    listed (see :mod:`tally.storage.objectstore`)."""
     scheme = scheme_of(url) or ""
     if scheme in HTTP_SCHEMES:
         return io.BufferedReader(_Guarded(_http_get(url, offset), url, True), buffer_size=1 << 16)
     problem = missing_filesystem(scheme)
     if problem is not None:
         raise Unavailable(problem)  # another worker may have the package
-    from tally.objectstore import open_object
+    from tally.storage.objectstore import open_object
 
     return open_object(url, offset, options, needed, version)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from tally.datagen import _PARTITION_RE, FILELIST, build_vocabulary, iter_partition
 from tally.errors import ConfigError, TallyError
-from tally.objectstore import failure, filesystem
-from tally.remote import Unavailable, display
+from tally.storage.objectstore import failure, filesystem
+from tally.storage.remote import Unavailable, display
 
 log = logging.getLogger("tally.gen")
 UPLOADS = 4  # partitions uploaded at once

@@ -14,7 +14,7 @@ none of whose entries exists, is a ConfigError naming the first bad entry. A mis
 among existing ones is left to fail as a partition (it may be on the workers' disks only).
 
 Local paths and ``file://`` URLs are opened with the built-in ``open`` (the hot path: no
-fsspec); remote ones through :mod:`tally.remote`.
+fsspec); remote ones through :mod:`tally.storage.remote`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 from tally.errors import ConfigError, PartitionError
-from tally.remote import (
+from tally.storage.remote import (
     HTTP_SCHEMES,
     Unavailable,
     display,
@@ -39,7 +39,7 @@ from tally.remote import (
     scheme_of,
 )
 
-log = logging.getLogger("tally.storage")
+log = logging.getLogger("tally.storage.sources")
 
 GLOB_CHARS = "*?["
 FILELIST_NAME = "filelist.csv"
@@ -90,7 +90,8 @@ def open_partition(
     """Open a partition for reading from byte ``offset``; PartitionError (retryable unless
     another attempt cannot help, like after an HTTP 404) if it cannot be opened. For an
     object store: the storage ``options``, how far the task surely reads (``needed``, -1:
-    to the end) and the ``version`` it was listed with (see :func:`tally.remote.open_remote`)."""
+    to the end) and the ``version`` it was listed with (see
+    :func:`tally.storage.remote.open_remote`)."""
     if not is_remote(url):
         path = local_path(url)
         try:
@@ -148,7 +149,7 @@ def _expand(source: str, options: Mapping[str, str] | None) -> list[str]:
 def _expand_fsspec(source: str, options: Mapping[str, str] | None) -> list[str]:
     """A glob, a prefix (folder), a list or a data file in an object store. What the
     listing said of each object is kept for planning: its size and version (ETag)."""
-    from tally.objectstore import failure, filesystem, remember_listed
+    from tally.storage.objectstore import failure, filesystem, remember_listed
 
     fs, path = filesystem(source, options)
     scheme = scheme_of(source)
