@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import SAMPLE, free_port, reference_output, split_round_robin
-from tally.storage import remote
 from tally.errors import ConfigError, PartitionError
 from tally.protocol import QuerySpec
+from tally.storage import remote
 from tally.storage.sources import expand_source, open_partition
 
 TOP25 = QuerySpec("top", k=25)
