@@ -16,8 +16,10 @@ TYPE_CHECKING = False  # typing itself costs more to import than the rest of thi
 if TYPE_CHECKING:
     from typing import Any
 
-    from tally.api import Interrupted, JobFailed, JobOptions, Result, run, sql
+    from tally.api import Interrupted, run, sql
     from tally.errors import ConfigError, TallyError
+    from tally.options import JobOptions
+    from tally.result import JobFailed, Result
     from tally.service.client import Client
 
     __version__: str
@@ -38,9 +40,9 @@ __all__ = [
 _HOMES = {
     "run": "tally.api",
     "sql": "tally.api",
-    "Result": "tally.api",
-    "JobOptions": "tally.api",
-    "JobFailed": "tally.api",
+    "Result": "tally.result",
+    "JobOptions": "tally.options",
+    "JobFailed": "tally.result",
     "Interrupted": "tally.api",
     "TallyError": "tally.errors",
     "ConfigError": "tally.errors",

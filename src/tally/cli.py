@@ -1,6 +1,6 @@
 """The command line: ``tally coordinator | worker | run | gen | report``.
 
-A thin layer: arguments become a typed configuration (:class:`tally.api.JobOptions`, a
+A thin layer: arguments become a typed configuration (:class:`tally.options.JobOptions`, a
 worker's or the generator's), the Python API or the runtime does the work, and this module
 prints. Exit status: 0 complete result; 1 the job failed (a partition failed too often, a
 refused connection); 2 bad arguments or source; 3 a partial result (``--skip-failed``
@@ -19,12 +19,22 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tally.api import KERNELS, JobFailed, JobOptions, Result, run_coordinator, run_job
+from tally.api import run_coordinator, run_job
+from tally.console import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    print_result,
+    read_token,
+    setup_logging,
+)
 from tally.errors import ConfigError, TallyError
 from tally.groupby_options import add_flags as add_groupby_flags
 from tally.groupby_options import options_of as groupby_options
+from tally.options import KERNELS, JobOptions
+from tally.result import JobFailed, Result
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 FORMATS = ("text", "json", "csv", "tsv")  # tally.queries.FORMATS, without importing Arrow
 log = logging.getLogger("tally")
 
@@ -287,35 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --- running ----------------------------------------------------------------------------
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is now, so log lines go above a live progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
-def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(
-        level=level,
-        handlers=[_StderrHandler()],
-        format=f"%(asctime)s.%(msecs)03d tally {args.command}[{os.getpid()}] "
-        "%(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
-def read_token(args: argparse.Namespace) -> bytes:
-    if args.token_file:
-        try:
-            with open(args.token_file, "rb") as f:
-                return f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file: {exc}") from exc
-    return os.environ.get("TALLY_TOKEN", "").strip().encode()
-
-
 def job_options(args: argparse.Namespace) -> JobOptions:
     group_by = groupby_options(args)
     source = args.source if args.command != "sql" else group_by.source_and_plan()[0]
@@ -344,35 +325,6 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     )
 
 
-def print_result(result: Result, fmt: str, to_stdout: bool = True) -> None:
-    """The result on stdout (unless it went to ``--output``); on stderr, the summary and
-    (always) any malformed lines."""
-    if to_stdout:
-        sys.stdout.buffer.write(result.format(fmt).encode("utf-8"))
-        sys.stdout.flush()
-    st = result.stats
-    log.info(
-        "done in %.3fs: %d partitions, %d lines, %d malformed (skipped), %d attempts, "
-        "%d workers lost, %d duplicates dropped",
-        st["wall_s"],
-        st["partitions"],
-        st["lines"],
-        st["malformed_lines"],
-        st["attempts"],
-        st["workers_lost"],
-        st["duplicates_dropped"],
-    )
-    if result.malformed:
-        lines = "line" if result.malformed == 1 else "lines"
-        print(f"tally: {result.malformed} malformed {lines} skipped", file=sys.stderr)
-    if not result.complete:
-        failed = result.failed_partitions
-        print(
-            f"tally: partial result: {len(failed)} partition(s) skipped: {', '.join(failed)}",
-            file=sys.stderr,
-        )
-
-
 def _run_job(args: argparse.Namespace) -> int:
     options = job_options(args)
 
@@ -392,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     # returns it. Only an environment variable read when Arrow loads changes the pool.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     args = build_parser().parse_args(argv)
-    _setup_logging(args)
+    setup_logging(args)
     try:
         if args.command in ("coordinator", "run", "sql"):
             return _run_job(args)

@@ -25,7 +25,7 @@ from tally.storage.ranges import plan_tasks
 from tally.storage.sources import expand_source, open_partition
 
 if TYPE_CHECKING:
-    from tally.api import JobOptions
+    from tally.options import JobOptions
 
 log = logging.getLogger("tally.local")
 WORKER_EXIT_GRACE_S = 5.0
@@ -96,7 +96,7 @@ def write_records(outcome: Outcome, options: JobOptions) -> None:
     if options.stats:
         write_json(outcome.stats, options.stats, "stats", options.storage_options)
     if options.output and outcome.result is not None:
-        from tally.api import Result
+        from tally.result import Result
 
         write_result(Result.of(outcome.result, outcome.stats), options.output,
                      options.storage_options)  # fmt: skip

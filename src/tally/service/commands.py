@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> bytes:
-    from tally.cli import read_token  # the command line's own: --token-file, else TALLY_TOKEN
+    from tally.console import read_token  # the command line's own: --token-file, else TALLY_TOKEN
 
     return read_token(args)
 
@@ -260,12 +260,12 @@ def _submit(client: Any, args: argparse.Namespace) -> int:
 
 def report_job(client: Any, doc: dict[str, Any], args: argparse.Namespace) -> int:
     """Print an ended job as ``tally run`` prints its job; return the same exit status
-    (a failed job raises :class:`tally.api.JobFailed`, which the command line reports)."""
+    (a failed job raises :class:`tally.result.JobFailed`, which the command line reports)."""
     import msgspec
 
-    from tally.api import JobFailed, Result
-    from tally.cli import EXIT_OK, EXIT_PARTIAL, print_result
+    from tally.console import EXIT_OK, EXIT_PARTIAL, print_result
     from tally.queries import QueryResult
+    from tally.result import JobFailed, Result
     from tally.service.bodies import SUCCEEDED, Query, plan_of
 
     stats: dict[str, Any] = doc.get("stats") or {}

@@ -24,7 +24,7 @@ from tally.errors import ConfigError, TallyError
 from tally.storage.remote import HTTP_SCHEMES, Unavailable, display, missing_filesystem, scheme_of
 
 if TYPE_CHECKING:
-    from tally.api import Result
+    from tally.result import Result
 
 log = logging.getLogger("tally.storage.outputs")
 
