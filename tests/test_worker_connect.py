@@ -20,7 +20,7 @@ import pytest
 
 from conftest import SAMPLE, Procs, free_port, reference_output, serve_http
 from tally import protocol as p
-from tally.net import (
+from tally.joining import (
     FIRST_DELAY_S,
     GONE_AFTER_S,
     MAX_DELAY_S,
@@ -29,8 +29,8 @@ from tally.net import (
     Gone,
     Patience,
     Retry,
-    proof,
 )
+from tally.net import proof
 
 TOKEN = "connect-token"
 

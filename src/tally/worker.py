@@ -24,7 +24,8 @@ from types import FrameType
 
 from tally import protocol as p
 from tally.errors import PartitionError, ProtocolError, TallyError
-from tally.net import Connection, Gone, Joined, join
+from tally.joining import Gone, Joined, join
+from tally.net import Connection
 from tally.prefetch import Prefetcher
 from tally.queries import kind_of, to_ipc
 from tally.queries.domains import load_kernel
