@@ -5,6 +5,7 @@ what ``tally run`` / ``tally sql`` print for the same data."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ResourceExistsError
 
 from conftest import SAMPLE
 from functions_host import Host, connection_string, load_functions, start_azurite_queue
@@ -254,26 +256,41 @@ def test_two_maps_finishing_at_once_merge_once(
     assert result(host, "sample.tsv") == tally("run", str(SAMPLE), "--top", "25")
 
 
+@pytest.mark.parametrize(
+    ("queue_setting", "function", "body", "line"),
+    [
+        ("TALLY_RANGE_QUEUE", "on_range", '{"container": "up", "name": "x.tsv"}',
+         "bad range message {id}: not a range message (Object missing required field `version`)"),
+        ("TALLY_EVENT_QUEUE", "on_upload_event", '{"eventType": "Microsoft.Storage.BlobCreated"}',
+         "bad event message {id}: a Microsoft.Storage.BlobCreated event without a blob subject "
+         "and data"),
+    ],
+)  # fmt: skip
 def test_malformed_message_goes_to_poison_after_max_dequeue(
-    host: Host, caplog: pytest.LogCaptureFixture
+    host: Host,
+    caplog: pytest.LogCaptureFixture,
+    queue_setting: str,
+    function: str,
+    body: str,
+    line: str,
 ) -> None:
     caplog.set_level(logging.INFO, "tally.functions")
-    queue = host.queue(env("TALLY_RANGE_QUEUE"))
-    queue.create_queue()
-    queue.send_message('{"container": "up", "name": "x.tsv"}')
-    host.drain(env("TALLY_RANGE_QUEUE"), "on_range")
+    queue = host.queue(env(queue_setting))
+    with contextlib.suppress(ResourceExistsError):
+        queue.create_queue()
+    queue.send_message(body)
+    host.drain(env(queue_setting), function)
     assert [d.dequeue_count for d in host.deliveries] == list(range(1, host.max_dequeue + 1))
     assert {d.outcome for d in host.deliveries} == {"BadMessage"}
-    assert host.bodies(f"{env('TALLY_RANGE_QUEUE')}-poison") == [
-        '{"container": "up", "name": "x.tsv"}'
-    ]
+    assert host.bodies(f"{env(queue_setting)}-poison") == [body]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == host.max_dequeue  # one line per delivery
-    assert all("\n" not in e for e in errors)
-    assert errors[0].startswith(
-        f"tally: bad range message {host.deliveries[0].message_id}: not a range message"
+    assert (
+        errors
+        == [  # one line per delivery, naming the message and what is wrong
+            "tally: " + line.format(id=host.deliveries[0].message_id)
+        ]
+        * host.max_dequeue
     )
-    assert "version" in errors[0]  # names what is missing
 
 
 def test_replaced_blob_drops_old_ranges_and_processes_the_new_version(host: Host) -> None:
