@@ -12,6 +12,10 @@ Keys, in the work container (``_``-prefixed, so a watcher of the same container 
   message id, so that a redelivery of that same message (a merge that failed half-way)
   merges again, while every other map leaves.
 
+Each map writes its partial before it lists them, and Blob Storage is strongly consistent, so
+the listing of whichever map wrote last sees every partial: some map always merges, and the
+claim makes it exactly one.
+
 The result goes to ``<output prefix>/<name>.json``, the layout of ``tally serve --watch``.
 """
 
