@@ -19,7 +19,7 @@ $(BIN)/python:
 NATIVE := setup.py $(wildcard src/tally/kernels/_native*.[ch])
 
 $(STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,report,cloud]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,report,cloud,functions]'
 	touch $(STAMP) $(BASE_STAMP)
 
 $(BASE_STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
@@ -41,8 +41,8 @@ test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
 check: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 	$(BIN)/mypy
 
 bench: $(STAMP)

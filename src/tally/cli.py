@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", required=True, metavar="DIR", help="where report.md, plots go")
     rep.add_argument("--quick", action="store_true", help="small data: done in under 2 minutes")
     _opt(rep, "--prices", "TOML", str, None, "price table overriding the defaults")
+    _opt(rep, "--from", "RESULTS", str, None,
+         "re-price an earlier run's results.json and write its report again")  # fmt: skip
     _add_common(rep)
     from tally.service.commands import add_parsers
 

@@ -36,6 +36,9 @@ def setup_logging(args: argparse.Namespace) -> None:
         "%(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # storage clients log each request at INFO: shown with -v only
+        for name in ("azure", "botocore", "aiobotocore", "s3fs", "adlfs"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def read_token(args: argparse.Namespace) -> bytes:

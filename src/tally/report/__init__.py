@@ -126,9 +126,42 @@ def run_experiments(plan: ex.Plan, workdir: Path, out: Path, prices_path: str | 
     return EXIT_OK
 
 
+def reprice(results_path: Path, out: Path, prices_path: str | None) -> int:
+    """The report of an earlier run's ``results.json``, its cost section computed again from
+    the current price table (the measured figures unchanged; no experiment runs)."""
+    from tally.report import plots  # imports matplotlib
+
+    prices = load_prices(prices_path)
+    try:
+        results: dict[str, Any] = json.loads(results_path.read_text(encoding="utf-8"))
+        speedup, overhead = results["speedup"], results["overhead"]
+        cores = results["meta"]["cores"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"cannot read the results of a report from {results_path}: {exc}"
+        ) from None
+    results["cost"] = cost_section(prices, speedup["cpu"], speedup["http"], overhead, cores)
+    out.mkdir(parents=True, exist_ok=True)
+    source = results_path.resolve().parent
+    if source != out.resolve():  # the plots and records of the run go along
+        for png in source.glob("*.png"):
+            shutil.copyfile(png, out / png.name)
+        if (source / "raw").is_dir():
+            shutil.copytree(source / "raw", out / "raw", dirs_exist_ok=True)
+    results["plots"]["cost"] = plots.cost(
+        results["cost"]["projection"], prices.projection.data_tb, out / "cost.png"
+    )
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(markdown.render(results), encoding="utf-8")
+    log.info("wrote %s from %s", out / "report.md", results_path)
+    return EXIT_OK
+
+
 def run_report(args: argparse.Namespace) -> int:
     """The ``tally report`` command."""
     require_matplotlib()
+    if getattr(args, "from", None):
+        return reprice(Path(getattr(args, "from")), Path(args.out), args.prices)
     plan = ex.QUICK if args.quick else ex.FULL
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="tally-report-") as tmp:

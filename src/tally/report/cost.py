@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tally.errors import ConfigError
 from tally.report.scaling import best_row
+from tally.report.serverless import FunctionsPrices, comparison
 
 TB = 10**12
 GB = 10**9
@@ -60,6 +61,7 @@ class Prices:
     object_storage: StoragePrices
     projection: ProjectionPlan
     source: str  # where the table came from
+    functions: FunctionsPrices = field(default_factory=lambda: default_functions())
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,12 +72,19 @@ _SECTIONS: dict[str, type[Any]] = {
     "serverless": ServerlessPrices,
     "object_storage": StoragePrices,
     "projection": ProjectionPlan,
+    "functions": FunctionsPrices,
 }
 
 
 def default_table() -> dict[str, Any]:
     text = resources.files("tally.report").joinpath("prices.toml").read_text(encoding="utf-8")
     return tomllib.loads(text)
+
+
+def default_functions() -> FunctionsPrices:
+    """The packaged ``[functions]`` prices."""
+    table = default_table()["functions"]
+    return FunctionsPrices(**{k: _coerce("functions", k, v, v) for k, v in table.items()})
 
 
 def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
@@ -303,5 +312,11 @@ def cost_section(
             k: bottleneck_machines(coord_tasks_s, partition_bytes, v) for k, v in rates.items()
         },
         "storage_usd_per_month": storage_usd_per_month(data_bytes, prices.object_storage),
+        "serverless": comparison(
+            prices.functions,
+            machine_bytes_s / prices.vm.vcpus,
+            machine_bytes_s,
+            prices.vm.usd_per_hour,
+        ),
         "projection": projection,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tally.report import fmt
+from tally.report import fmt, serverless
 from tally.report.answers import answers
 from tally.report.speedup_text import speedup_text
 
@@ -345,6 +345,7 @@ def cost_section(r: dict[str, Any]) -> str:
             f"- VMs are billed per second with a {vm['billing_minimum_s']:g} s minimum; storing "
             f"the data costs {fmt.usd(c['storage_usd_per_month'])} per month on top.\n",
             f"![projected time and cost for {tb}](cost.png)\n",
+            serverless.markdown(c["serverless"], pr) if "serverless" in c else "",
         ]
     )
 

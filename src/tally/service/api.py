@@ -114,6 +114,19 @@ async def list_workers(request: Request) -> Response:
     return JSONResponse({"workers": _service(request).workers()})
 
 
+async def watch_status(request: Request) -> Response:
+    """``tally serve --watch``: the watched objects' latest results and the running total."""
+    from tally.service.watched import read_total, watched_objects
+
+    watch: tuple[str, str] | None = request.app.state.watch
+    if watch is None:
+        raise ServiceError(404, "this server watches no storage (tally serve --watch)")
+    count, objects = watched_objects(_service(request))
+    total = await asyncio.to_thread(read_total, watch[1])
+    return JSONResponse({"source": watch[0], "output": watch[1], "objects_seen": count,
+                         "objects": objects, "total": total})  # fmt: skip
+
+
 async def metrics(request: Request) -> Response:
     return Response(_service(request).metrics.text(), media_type=CONTENT_TYPE)
 
@@ -159,7 +172,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def build_app(service: JobService, token: bytes) -> Starlette:
+def build_app(service: JobService, token: bytes, watch: tuple[str, str] | None = None) -> Starlette:
+    """The app; ``watch`` is ``tally serve --watch``'s source and output prefix."""
     from importlib.resources import files
 
     routes = [
@@ -170,6 +184,7 @@ def build_app(service: JobService, token: bytes) -> Starlette:
         Route("/api/jobs/{id}", cancel_job, methods=["DELETE"]),
         Route("/api/jobs/{id}/result", job_result, methods=["GET"]),
         Route("/api/workers", list_workers),
+        Route("/api/watch", watch_status),
         Route("/api/events", events),
         Route("/metrics", metrics),
         Route("/", dashboard),
@@ -181,6 +196,7 @@ def build_app(service: JobService, token: bytes) -> Starlette:
         exception_handlers={ServiceError: _refused, HTTPException: _http_error},
     )
     app.state.service = service
+    app.state.watch = watch
     page = files("tally.service").joinpath("dashboard", "index.html")
     app.state.index_html = page.read_text(encoding="utf-8")
     return app

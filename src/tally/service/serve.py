@@ -102,7 +102,8 @@ async def serve(args: argparse.Namespace, token: bytes) -> int:
         ) from exc
     if watcher is not None:
         await watcher.start()
-    server = _http_server(build_app(service, token))
+    watched = None if watcher is None else (watcher.config.source, watcher.config.output)
+    server = _http_server(build_app(service, token, watched))
     http = asyncio.create_task(server.serve(sockets=[http_sock]))
     http_port = http_sock.getsockname()[1]
     log.info("serving: workers on %s:%d, HTTP on http://%s:%d, state %s (%d job(s) resumed)",

@@ -1,6 +1,7 @@
 // The live dashboard of tally serve: one EventSource (/api/events) sends, twice a second,
 // the workers, the jobs, new throughput points and new attempt records; this file draws
-// them as tables and SVG. No build step, no dependencies.
+// them as tables and SVG. With --watch, /api/watch is polled every second for the watched
+// objects' results and the running total. No build step, no dependencies.
 "use strict";
 
 const WINDOW_S = 60;          // the timeline shows at most the last minute
@@ -199,6 +200,56 @@ function render() {
   renderTimeline();
 }
 
+// --- watched storage (tally serve --watch) ---------------------------------------------------
+
+const WATCH_EVERY_MS = 1000;
+const TOTAL_ROWS = 10;
+
+function cells(row) { return Object.values(row).map((v) => String(v)); }
+function resultText(result, n) {
+  if (!result) return "—";
+  return result.rows.slice(0, n).map((r) => cells(r).join(" ")).join(", ") +
+    (result.rows.length > n ? ", …" : "");
+}
+function clock(t) { return t ? new Date(t * 1000).toLocaleTimeString() : "—"; }
+
+function renderWatch(w) {
+  document.getElementById("watch-places").textContent = w.source + " → " + w.output;
+  const total = w.total;
+  document.getElementById("watch-summary").textContent = total
+    ? w.objects_seen + " object(s) seen; the total covers " + total.lines + " lines (" +
+      total.malformed_lines + " malformed)"
+    : w.objects_seen + " object(s) seen; no total written yet";
+  const table = document.getElementById("watch-total");
+  table.dataset.lines = total ? total.lines : "";
+  const names = total && total.rows.length ? Object.keys(total.rows[0]) : [];
+  table.tHead.rows[0].replaceChildren(...names.map((name) => el("th", {}, name)));
+  table.tBodies[0].replaceChildren(...(total ? total.rows.slice(0, TOTAL_ROWS) : []).map((r) =>
+    el("tr", {}, ...cells(r).map((c) => el("td", {}, c)))));
+  document.querySelector("#watch tbody").replaceChildren(...w.objects.map((o) =>
+    el("tr", { "data-object": o.object, "data-state": o.state,
+               "data-lines": o.result ? o.result.lines : "" },
+      el("td", { class: "source", title: o.object }, tail(o.object, 40)),
+      el("td", { title: o.version }, tail(String(o.version), 12)),
+      el("td", { class: "state-" + o.state }, o.state),
+      el("td", {}, o.result ? o.result.lines : "—"),
+      el("td", { class: "result" }, resultText(o.result, 3)),
+      el("td", {}, clock(o.finished)))));
+}
+
+async function pollWatch() {
+  const section = document.getElementById("watch-section");
+  try {
+    const response = await fetch("/api/watch");
+    if (response.status === 404) return;  // not watching: nothing to show, stop asking
+    if (response.ok) {
+      renderWatch(await response.json());
+      section.hidden = false;
+    }
+  } catch (e) { /* the server is restarting: ask again */ }
+  setTimeout(pollWatch, WATCH_EVERY_MS);
+}
+
 function connect() {
   const status = document.getElementById("connection");
   const source = new EventSource("/api/events");
@@ -208,3 +259,4 @@ function connect() {
 }
 
 connect();
+pollWatch();
