@@ -45,6 +45,7 @@ DEFAULT_RECORD_LIMIT = 1 << 20
 MAX_RECORD_LIMIT = 1 << 30
 LEASE_TIMEOUT_RANGE = (0.3, 86400.0)
 DEFAULT_SPLIT_SIZE = 64 << 20
+DEFAULT_CACHE_SIZE = 1 << 30  # tally.cache.DEFAULT_CACHE_SIZE, without importing it
 
 
 class JobFailed(TallyError):
@@ -117,6 +118,8 @@ class JobOptions:
     group_by: GroupByOptions | None = None  # a group-by over delimited files instead
     output: str | None = None  # a path or URL: the result, in the format its extension names
     storage_options: dict[str, str] = field(default_factory=dict)  # KEY=VALUE for fsspec
+    cache: str | None = None  # a directory where the local workers keep partials
+    cache_size: int = DEFAULT_CACHE_SIZE
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -139,6 +142,7 @@ class JobOptions:
             _whole("min workers", self.min_workers, 1)
         _seconds("task delay", self.task_delay, 0.0)
         _whole("split size", self.split_size, 0)
+        _whole("cache size", self.cache_size, 1)
         if self.task_timeout is not None:
             _seconds("task timeout", self.task_timeout, 0.001)
         self._check_storage()
@@ -287,6 +291,8 @@ def run(
     task_timeout: float | None = None,
     output: str | os.PathLike[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    cache_size: int | str = DEFAULT_CACHE_SIZE,
 ) -> Result:
     """Run one job over ``source`` on this machine and return its :class:`Result`.
 
@@ -297,7 +303,8 @@ def run(
     size such as ``"1MiB"``; ``stats`` and ``events`` are paths or URLs to write the run's
     records to, ``output`` one for the result (``.json``, ``.csv`` or ``.parquet``);
     ``storage_options`` are keyword arguments for the fsspec filesystems (values that are not
-    text are passed as JSON).
+    text are passed as JSON). ``cache`` is a directory where the workers keep partials
+    (``tally run --cache``), holding at most ``cache_size`` bytes (or a size like ``"1GiB"``).
     """
     options = JobOptions(
         source=os.fspath(source),
@@ -320,6 +327,8 @@ def run(
         task_timeout=task_timeout,
         output=None if output is None else os.fspath(output),
         storage_options=_texts(storage_options or {}),
+        cache=None if cache is None else os.fspath(cache),
+        cache_size=to_bytes("cache size", cache_size, high=None),
     )
     return run_job(options)
 
