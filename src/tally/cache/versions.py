@@ -8,7 +8,9 @@ reads, not only to what was planned:
   by them together with its inode and ctime (a file replaced by another with the same size
   and mtime is another file); it is stored only if all four are unchanged after computing;
 - an object is read with its version checked when opened (and on every read for S3), and its
-  partial is stored only if describing it again after computing gives the same version.
+  partial is stored only if describing it again after computing gives the same version;
+- an ``http(s)`` partition is never cached: its single GET does not check the version it was
+  planned with, and that version may be a Last-Modified time of one-second resolution.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ from collections.abc import Mapping
 from tally.errors import PartitionError
 from tally.protocol import Task
 from tally.storage.ranges import describe
+from tally.storage.remote import HTTP_SCHEMES, scheme_of
 from tally.storage.sources import is_remote, local_path
 
 
 def seen_version(task: Task) -> str | None:
     """The version to key ``task`` by, or None when it must not be cached: its version is
-    unknown, or a local file no longer has the planned size and mtime. Objects are keyed by
+    unknown, it is read over http(s), or a local file no longer has the planned size and
+    mtime. Objects are keyed by
     their planned version (the read checks it); files by what ``stat`` says now."""
-    if not task.version:
+    if not task.version or scheme_of(task.url) in HTTP_SCHEMES:
         return None
     if is_remote(task.url):
         return task.version
