@@ -302,3 +302,32 @@ def test_a_cache_directory_that_cannot_be_written_is_one_line(tmp_path: Path, co
         f"tally: cache directory {where} cannot be written to: Not a directory"
     ]
     assert done.stdout == ""
+
+
+def test_the_python_api_takes_a_cache_directory(tmp_path: Path) -> None:
+    import tally
+
+    filelist = split_round_robin(SAMPLE, tmp_path / "parts", 3)
+    first = tally.run(filelist, workers=1, cache=tmp_path / "cache", cache_size="1MiB")
+    second = tally.run(filelist, workers=1, cache=tmp_path / "cache", cache_size="1MiB")
+    assert (first.stats["cache_hits"], second.stats["cache_hits"]) == (0, 3)
+    assert second.rows == first.rows and second.lines == first.lines
+
+
+def test_workers_of_a_server_serve_a_repeated_job_from_their_cache(
+    procs: Procs, tmp_path: Path
+) -> None:
+    from test_service_support import start_server, start_workers, wait_until, workers_alive
+
+    filelist = split_round_robin(SAMPLE, tmp_path / "parts", 4)
+    served = start_server(procs, tmp_path / "state.db")
+    start_workers(procs, served.worker_port, 2, "--cache", str(tmp_path / "cache"))
+    with served.client() as client:
+        wait_until(workers_alive(client, 2), what="two workers joined")
+        docs = []
+        for _ in range(2):
+            job = client.submit(str(filelist), {"top": 25})
+            docs.append(client.wait(job, timeout=60))
+    assert [d["state"] for d in docs] == ["succeeded", "succeeded"]
+    assert [d["stats"]["cache_hits"] for d in docs] == [0, 4]
+    assert docs[1]["result"] == docs[0]["result"]
