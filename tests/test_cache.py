@@ -67,6 +67,16 @@ def index_total(cache: Path) -> int:
     return int(total)
 
 
+def thousandfold_sample() -> str:
+    """The top 25 of ``repeated_filelist``: 100 partitions, each the sample ten times."""
+    return "".join(
+        f"{domain} {int(count) * 1000}\n"
+        for domain, count in (
+            line.rsplit(" ", 1) for line in reference_output(SAMPLE, TOP25).splitlines()
+        )
+    )
+
+
 def concatenation(paths: list[Path], into: Path) -> Path:
     into.write_bytes(b"".join(p.read_bytes() for p in paths))
     return into
@@ -213,11 +223,7 @@ def test_a_damaged_entry_is_counted_removed_and_recomputed(tmp_path: Path) -> No
 
 def test_two_workers_share_one_cache_directory(procs: Procs, repeated_filelist: Path) -> None:
     cache = procs.tmp / "shared"
-    expected = reference_output(repeated_filelist.parent / "part-000.tsv", TOP25)
-    expected = "".join(
-        f"{line.rsplit(' ', 1)[0]} {int(line.rsplit(' ', 1)[1]) * 100}\n"
-        for line in expected.splitlines()
-    )
+    expected = thousandfold_sample()
 
     def job(*worker_args: str) -> dict[str, Any]:
         port, stats = free_port(), procs.tmp / "stats.json"
@@ -331,3 +337,27 @@ def test_workers_of_a_server_serve_a_repeated_job_from_their_cache(
     assert [d["state"] for d in docs] == ["succeeded", "succeeded"]
     assert [d["stats"]["cache_hits"] for d in docs] == [0, 4]
     assert docs[1]["result"] == docs[0]["result"]
+
+
+def test_a_worker_killed_mid_job_leaves_only_whole_entries(
+    procs: Procs, repeated_filelist: Path
+) -> None:
+    from tally.cache.entries import decode_entry
+
+    cache, events = procs.tmp / "cache", procs.tmp / "events.jsonl"
+    port = free_port()
+    coordinator = procs.coordinator(repeated_filelist, port, "--events", str(events))
+    victim = procs.worker(port, "--cache", str(cache), "--slowdown", "3")
+    log = procs.events(coordinator, events)
+    log.wait("committed", count=10)
+    victim.kill()  # SIGKILL, most likely while computing or filing a partial
+    victim.wait(timeout=30)
+    rescuer = procs.worker(port, "--cache", str(cache))
+    code, out = procs.finish(coordinator)
+    assert (code, out) == (0, thousandfold_sample())
+    assert rescuer.wait(timeout=30) == 0
+    found = entries(cache)
+    assert len(found) == 100  # what the victim filed, and the rest by the rescuer
+    for name, path in found.items():
+        decode_entry(name, path.read_bytes())  # whole: raises Damaged otherwise
+    assert sum(f.stat().st_size for f in found.values()) == index_total(cache)
