@@ -31,7 +31,8 @@ def key(**changes: object) -> str | None:
         tally_version=V,
     )  # fmt: skip
     args.update(changes)
-    return cache_key(**args)  # type: ignore[arg-type]
+    plan, limit = args.pop("plan"), args.pop("record_limit")
+    return cache_key(plan=canonical_plan(plan, limit), **args)  # type: ignore[arg-type]
 
 
 # --- keys ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tally.cache.entries import CachedPartial
-from tally.cache.keys import cache_key
+from tally.cache.keys import cache_key, canonical_plan
 from tally.cache.store import DEFAULT_CACHE_SIZE, PartialStore
 from tally.cache.versions import seen_version, unchanged
 from tally.protocol import Task
@@ -57,14 +57,26 @@ class PartialCache:
         import tally
 
         self.tally_version = str(tally.__version__)
+        self._plans: dict[int, tuple[Any, int, str]] = {}  # id(plan) -> plan, limit, text
 
     def key_of(self, task: Task, plan: Any, record_limit: int) -> tuple[str | None, str]:
         version = seen_version(task)
         if version is None:
             return None, ""
-        key = cache_key(task.url, version, task.start, task.end, plan, record_limit,
-                        self.tally_version)  # fmt: skip
+        key = cache_key(task.url, version, task.start, task.end,
+                        self._plan_text(plan, record_limit), self.tally_version)  # fmt: skip
         return key, version
+
+    def _plan_text(self, plan: Any, record_limit: int) -> str:
+        """The canonical plan, encoded once per job (a job's tasks share its plan object)."""
+        known = self._plans.get(id(plan))
+        if known is not None and known[0] is plan and known[1] == record_limit:
+            return known[2]
+        if len(self._plans) >= 64:
+            self._plans.clear()
+        text = canonical_plan(plan, record_limit)
+        self._plans[id(plan)] = (plan, record_limit, text)  # the plan kept: its id stays its
+        return text
 
     def lookup(self, task: Task, plan: Any, record_limit: int) -> Lookup:
         key, version = self.key_of(task, plan, record_limit)

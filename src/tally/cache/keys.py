@@ -34,20 +34,15 @@ def canonical_plan(plan: Any, record_limit: int) -> str:
 
 
 def cache_key(
-    url: str,
-    version: str,
-    start: int,
-    end: int,
-    plan: Any,
-    record_limit: int,
-    tally_version: str,
+    url: str, version: str, start: int, end: int, plan: str, tally_version: str
 ) -> str | None:
     """The hex key of the partial of ``[start, end)`` of ``url`` at ``version`` under
-    ``plan``, or None when the version is unknown (such a task is never cached)."""
+    ``plan`` (its :func:`canonical_plan`), or None when the version is unknown (such a task
+    is never cached)."""
     if not version:
         return None
     material = json.dumps(
-        [CACHE_FORMAT, tally_version, url, version, start, end, canonical_plan(plan, record_limit)],
+        [CACHE_FORMAT, tally_version, url, version, start, end, plan],
         separators=(",", ":"),
         ensure_ascii=True,
     )
