@@ -184,8 +184,11 @@ def _add_cache_options(parser: argparse.ArgumentParser, local: bool) -> None:
     _opt(parser, "--cache", "DIR", str, None,
          f"{who} partials in DIR, keyed by partition, version, range and query: a repeated "
          "query over unchanged data computes nothing")  # fmt: skip
-    _opt(parser, "--cache-size", "SIZE", _size(1 << 50), "1GiB",
-         "at most SIZE of partials in the cache DIR; the least recently used go first")  # fmt: skip
+    # a number, not "1GiB": a text default is parsed at start-up, and parsing a size loads
+    # NumPy before a worker can take SIGTERM cleanly
+    _opt(parser, "--cache-size", "SIZE", _size(1 << 50), 1 << 30,
+         "at most SIZE of partials in the cache DIR; the least recently used go first "
+         "(default: 1GiB)")  # fmt: skip
 
 
 def _add_task_delay(parser: argparse.ArgumentParser) -> None:
