@@ -253,3 +253,38 @@ def test_the_scheduler_counts_committed_cache_hits() -> None:
     assert job.stats()["cache_hits"] == 2 and job.tally(1).cached == 2
     committed = [r for r in sch.timeline if r["event"] == "committed"]
     assert [r.get("cached", False) for r in committed] == [True, False, True]
+
+
+def test_processes_opening_a_new_cache_directory_at_once_all_succeed(tmp_path: Path) -> None:
+    """Processes opening a new index together may be told "locked" at once (switching it to
+    WAL, creating its table) instead of waiting: each tries again until it is open."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time; from tally.cache.store import PartialStore\n"
+        "open(sys.argv[4], 'w').close()\n"
+        "while not os.path.exists(sys.argv[3]): time.sleep(0.0005)\n"
+        "s = PartialStore(sys.argv[1]); s.put(sys.argv[2] * 64, b't', 1, 0); s.close()"
+    )
+    for attempt in range(4):  # a few fresh directories: the race is in the first moments
+        root, go = tmp_path / f"c{attempt}", tmp_path / f"go{attempt}"
+        ready = [tmp_path / f"ready{attempt}-{i}" for i in range(8)]
+        started = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(root), f"{i:x}", str(go), str(ready[i])],
+                stderr=subprocess.PIPE,
+            )
+            for i in range(8)
+        ]
+        deadline = time.monotonic() + 60
+        while not all(r.exists() for r in ready):  # every process imported: open together
+            assert time.monotonic() < deadline and all(p.poll() is None for p in started)
+            time.sleep(0.01)
+        go.touch()
+        errors = [proc.communicate(timeout=60)[1].decode() for proc in started]
+        assert [proc.returncode for proc in started] == [0] * 8, errors
+        store = PartialStore(str(root))
+        assert all(store.get(f"{i:x}" * 64) is not None for i in range(8))
+        store.close()

@@ -61,6 +61,33 @@ class CacheCounters:
         )
 
 
+def _open_index(path: str) -> sqlite3.Connection:
+    """The index, in WAL mode with its table made. Several processes opening a new directory
+    at once: switching to WAL or creating the table may say "locked" at once, without
+    waiting as other statements do, so this tries again for the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        db = sqlite3.connect(
+            path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # transactions are begun and ended here
+            check_same_thread=False,
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 class PartialStore:
     """The cache directory ``root``, holding at most ``max_bytes`` of entries."""
 
@@ -78,15 +105,7 @@ class PartialStore:
             with open(probe, "wb") as f:
                 f.write(b"tally")
             os.unlink(probe)
-            self._db = sqlite3.connect(
-                os.path.join(self.root, "index.sqlite"),
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,  # transactions are begun and ended here
-                check_same_thread=False,
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = _open_index(os.path.join(self.root, "index.sqlite"))
         except (OSError, sqlite3.Error) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(f"cache directory {root} cannot be written to: {why}") from None
