@@ -28,7 +28,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tally.errors import ConfigError
-from tally.options import DEFAULT_RECORD_LIMIT, DEFAULT_SPLIT_SIZE, JobOptions, to_bytes
+from tally.options import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_RECORD_LIMIT,
+    DEFAULT_SPLIT_SIZE,
+    JobOptions,
+    to_bytes,
+)
 from tally.result import JobFailed, Result
 
 if TYPE_CHECKING:
@@ -68,6 +74,8 @@ def run(
     task_timeout: float | None = None,
     output: str | os.PathLike[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    cache_size: int | str = DEFAULT_CACHE_SIZE,
 ) -> Result:
     """Run one job over ``source`` on this machine and return its :class:`Result`.
 
@@ -78,7 +86,8 @@ def run(
     size such as ``"1MiB"``; ``stats`` and ``events`` are paths or URLs to write the run's
     records to, ``output`` one for the result (``.json``, ``.csv`` or ``.parquet``);
     ``storage_options`` are keyword arguments for the fsspec filesystems (values that are not
-    text are passed as JSON).
+    text are passed as JSON). ``cache`` is a directory where the workers keep partials
+    (``tally run --cache``), holding at most ``cache_size`` bytes (or a size like ``"1GiB"``).
     """
     options = JobOptions(
         source=os.fspath(source),
@@ -101,6 +110,8 @@ def run(
         task_timeout=task_timeout,
         output=None if output is None else os.fspath(output),
         storage_options=_texts(storage_options or {}),
+        cache=None if cache is None else os.fspath(cache),
+        cache_size=to_bytes("cache size", cache_size, high=None),
     )
     return run_job(options)
 

@@ -189,6 +189,18 @@ def _add_job_options(parser: argparse.ArgumentParser, local: bool, sql: bool = F
     _add_storage_options(parser)
 
 
+def _add_cache_options(parser: argparse.ArgumentParser, local: bool) -> None:
+    who = "each local worker keeps" if local else "keep"
+    _opt(parser, "--cache", "DIR", str, None,
+         f"{who} partials in DIR, keyed by partition, version, range and query: a repeated "
+         "query over unchanged data computes nothing")  # fmt: skip
+    # a number, not "1GiB": a text default is parsed at start-up, and parsing a size loads
+    # NumPy before a worker can take SIGTERM cleanly
+    _opt(parser, "--cache-size", "SIZE", _size(1 << 50), 1 << 30,
+         "at most SIZE of partials in the cache DIR; the least recently used go first "
+         "(default: 1GiB)")  # fmt: skip
+
+
 def _add_task_delay(parser: argparse.ArgumentParser) -> None:
     _opt(parser, "--task-delay", "S", _number(float, 0, unit="seconds"), 0.0,
          "fault injection: add S seconds to every task")  # fmt: skip
@@ -236,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(work, "--slowdown", "F", _number(float, 0, above=True, what="a positive number"), 1.0,
          "fault injection: make every task F times slower")  # fmt: skip
     _add_storage_options(work)
+    _add_cache_options(work, local=False)
     _add_common(work, token=True)
 
     cpus = os.cpu_count() or 2
@@ -260,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         local.add_argument("--kernel", choices=KERNELS, default="auto",
                            help=f"{kernel} (default: auto)")  # fmt: skip
         _add_task_delay(local)
+        _add_cache_options(local, local=True)
         _add_job_options(local, local=True, sql=name == "sql")
         _add_common(local)
 
@@ -324,6 +338,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         task_timeout=args.task_timeout,
         output=args.output,
         storage_options=dict(args.storage_option),
+        **({"cache": args.cache, "cache_size": args.cache_size} if "cache" in args else {}),
     )
 
 
@@ -392,6 +407,8 @@ def _work(args: argparse.Namespace) -> int:
         task_delay_s=args.task_delay,
         slowdown=args.slowdown,
         storage_options=dict(args.storage_option),
+        cache_dir=args.cache,
+        cache_size=args.cache_size,
     )
     code = asyncio.run(Worker(config).run())
     logging.shutdown()

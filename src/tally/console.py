@@ -69,6 +69,9 @@ def print_result(result: Result, fmt: str, to_stdout: bool = True) -> None:
         st["workers_lost"],
         st["duplicates_dropped"],
     )
+    if st.get("cache_hits"):
+        log.info("%d of %d partitions served from the workers' caches", st["cache_hits"],
+                 st["partitions"])  # fmt: skip
     if result.malformed:
         lines = "line" if result.malformed == 1 else "lines"
         print(f"tally: {result.malformed} malformed {lines} skipped", file=sys.stderr)

@@ -311,7 +311,7 @@ class Coordinator:
                 kind_of(run.spec.plan).check(run.spec.plan, table, partial.lines, partial.malformed)
                 payload = TaskPartial(table, partial.lines, partial.malformed)
                 return ev.Delivered(worker, msg.attempt, now, payload, msg.bytes_read, msg.busy_s,
-                                    msg.job_id)  # fmt: skip
+                                    msg.job_id, msg.cached)  # fmt: skip
             case p.Failed():
                 attempt = self.scheduler.attempts.get(msg.attempt)
                 if attempt is None or attempt.job != msg.job_id:

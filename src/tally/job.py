@@ -97,6 +97,7 @@ def job_stats(
                 "attempts": t.attempts,
                 "bytes": t.bytes_read,
                 "busy_s": round(t.busy_s, 6),
+                "cached": t.cached,
                 "lost": members[worker].lost,
             }
             for worker, t in sorted(job.workers.items())

@@ -69,7 +69,12 @@ def job_spec(options: JobOptions, urls: list[str], min_workers: int = 1) -> JobS
 
 def check_outputs(options: JobOptions) -> None:
     """Fail before the job, not after it, when the result, stats or events cannot be
-    written where they are asked for (a small marker is written there and deleted)."""
+    written where they are asked for (a small marker is written there and deleted), or the
+    workers' cache directory cannot be."""
+    if options.cache is not None:
+        from tally.cache import PartialStore
+
+        PartialStore(options.cache, options.cache_size).close()  # ConfigError if unwritable
     targets = (("output", options.output), ("stats", options.stats), ("events", options.events))
     for option, target in targets:
         if target:
@@ -105,6 +110,13 @@ def write_records(outcome: Outcome, options: JobOptions) -> None:
 def storage_args(options: JobOptions) -> list[str]:
     """The storage options as ``tally worker`` arguments, for the local workers."""
     return [a for k, v in options.storage_options.items() for a in ("--storage-option", f"{k}={v}")]
+
+
+def cache_args(options: JobOptions) -> list[str]:
+    """``--cache DIR --cache-size N`` for the local workers, when asked for."""
+    if options.cache is None:
+        return []
+    return ["--cache", os.path.abspath(options.cache), "--cache-size", str(options.cache_size)]
 
 
 async def start_workers(
@@ -243,7 +255,7 @@ class Job:
         submitted = coordinator.submit(spec)
         if self.signum is not None:  # interrupted while the job was being set up
             self.interrupt(self.signum)
-        extra = ["--kernel", options.kernel, *storage_args(options)]
+        extra = ["--kernel", options.kernel, *storage_args(options), *cache_args(options)]
         if options.task_delay:
             extra += ["--task-delay", repr(options.task_delay)]
         workers = await start_workers(port, self.local_workers, self.token, extra)

@@ -19,6 +19,7 @@ DEFAULT_RECORD_LIMIT = 1 << 20
 MAX_RECORD_LIMIT = 1 << 30
 LEASE_TIMEOUT_RANGE = (0.3, 86400.0)
 DEFAULT_SPLIT_SIZE = 64 << 20
+DEFAULT_CACHE_SIZE = 1 << 30  # tally.cache.DEFAULT_CACHE_SIZE, without importing it
 
 
 def _whole(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -73,6 +74,8 @@ class JobOptions:
     group_by: GroupByOptions | None = None  # a group-by over delimited files instead
     output: str | None = None  # a path or URL: the result, in the format its extension names
     storage_options: dict[str, str] = field(default_factory=dict)  # KEY=VALUE for fsspec
+    cache: str | None = None  # a directory where the local workers keep partials
+    cache_size: int = DEFAULT_CACHE_SIZE
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -95,6 +98,7 @@ class JobOptions:
             _whole("min workers", self.min_workers, 1)
         _seconds("task delay", self.task_delay, 0.0)
         _whole("split size", self.split_size, 0)
+        _whole("cache size", self.cache_size, 1)
         if self.task_timeout is not None:
             _seconds("task timeout", self.task_timeout, 0.001)
         self._check_storage()

@@ -144,13 +144,16 @@ class Partial(msgspec.Struct):
 
 
 class Result(Message, tag="result"):
-    """Worker -> coordinator: an attempt finished; its partial and what it cost."""
+    """Worker -> coordinator: an attempt finished; its partial and what it cost.
+    ``cached``: the partial came from the worker's cache (nothing was read or computed);
+    omitted when false, so older peers of protocol 2 read it as before."""
 
     attempt: int
     job_id: str
     partial: Partial
     bytes_read: int
     busy_s: float
+    cached: bool = False
 
 
 class ErrorInfo(msgspec.Struct):

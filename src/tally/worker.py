@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from tally import protocol as p
+from tally.cache import DEFAULT_CACHE_SIZE, PartialCache
 from tally.errors import PartitionError, ProtocolError, TallyError
 from tally.joining import Gone, Joined, join
 from tally.net import Connection
@@ -44,6 +45,8 @@ class WorkerConfig:
     task_delay_s: float = 0.0  # fault injection: extra seconds per task (a slow machine)
     slowdown: float = 1.0  # fault injection: every task takes this many times longer
     storage_options: dict[str, str] = field(default_factory=dict)  # KEY=VALUE for fsspec
+    cache_dir: str | None = None  # keep partials there (tally.cache); None: no cache
+    cache_size: int = DEFAULT_CACHE_SIZE
 
 
 class Worker:
@@ -65,6 +68,9 @@ class Worker:
         self.last_beat = 0.0  # event-loop time of the last heartbeat sent
         self._session_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.cache = None if config.cache_dir is None else PartialCache(
+            config.cache_dir, config.cache_size, config.storage_options
+        )  # fmt: skip
 
     async def run(self) -> int:
         """Work until the job ends (0), SIGTERM (0), or the coordinator cannot be joined (1)."""
@@ -87,6 +93,8 @@ class Worker:
             self.queue.put(None)
             if previous is not None:  # else it was not set from Python: leave this one
                 signal.signal(signal.SIGTERM, previous)
+            if self.cache is not None:
+                log.info("cache: %s", self.cache.close())
         return self.exit_code
 
     async def _sessions(self) -> None:
@@ -222,7 +230,7 @@ class Worker:
                 continue
             self.current = assign
             try:
-                if ahead and (following := ahead[0]) is not None:
+                if ahead and (following := ahead[0]) is not None and not self._cached(following[1]):
                     prefetch.start(following[1].attempt, following[1].task)
                 message = self._compute(assign, prefetch)
             except Exception as exc:  # never lose the thread: the attempt fails as data
@@ -256,6 +264,13 @@ class Worker:
             job = self.plans.get(assign.job_id)
             if job is None:
                 raise ProtocolError(f"no plan for job {assign.job_id}", retryable=True)
+            cached = self.cache.lookup(task, job.plan, job.record_limit) if self.cache else None
+            if cached is not None and (cached.hit is not None or cached.reopen):
+                prefetch.discard(assign.attempt)  # not needed, or opened before the version seen
+            if cached is not None and cached.hit is not None:
+                partial = p.Partial(cached.hit.table, cached.hit.lines, cached.hit.malformed)
+                busy = time.perf_counter() - started
+                return p.Result(assign.attempt, assign.job_id, partial, 0, busy, cached=True)
             with prefetch.take(assign.attempt, task) as stream:
                 output = kind_of(job.plan).compute(
                     job.plan, stream, job.record_limit, self.config.kernel, task.start == 0
@@ -268,6 +283,8 @@ class Worker:
                     f"({p.MAX_FRAME} bytes)",
                     retryable=False,
                 )
+            if cached is not None and self.cache is not None:
+                self.cache.keep(cached, task, table, output.lines, output.malformed)
             partial = p.Partial(
                 None if table is None else memoryview(table), output.lines, output.malformed
             )
@@ -277,6 +294,13 @@ class Worker:
             )  # fmt: skip
         except Exception as exc:  # any failure of a task is data for the coordinator
             return p.Failed(assign.attempt, assign.job_id, p.ErrorInfo.from_exception(exc))
+
+    def _cached(self, assign: p.Assign) -> bool:
+        """Whether the cache will likely serve ``assign`` (its partition need not be read)."""
+        job = self.plans.get(assign.job_id)
+        if self.cache is None or job is None:
+            return False
+        return self.cache.probably_cached(assign.task, job.plan, job.record_limit)
 
     def _inject_delay(self, elapsed: float) -> None:
         extra = self.config.task_delay_s + (self.config.slowdown - 1.0) * elapsed

@@ -33,6 +33,7 @@ class Delivered:
     bytes_read: int = 0
     busy_s: float = 0.0
     job: str = ""  # as the worker says; the attempt id decides
+    cached: bool = False  # the worker's cache served it
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,9 @@ class Scheduler:
             # the worker measured busy_s: the attempt started that long before it was delivered
             job.record(event.now - event.busy_s, "started", worker=event.worker,
                        attempt=event.attempt)  # fmt: skip
+            cached = {"cached": True} if event.cached else {}
             job.record(event.now, "finished", worker=event.worker, attempt=event.attempt,
-                        bytes=event.bytes_read, busy_s=event.busy_s)  # fmt: skip
+                        bytes=event.bytes_read, busy_s=event.busy_s, **cached)  # fmt: skip
         if attempt is None or job is None:  # settled (a rival won, it failed) or never issued
             if job is not None:
                 job.counters.duplicates_dropped += 1
@@ -159,7 +160,7 @@ class Scheduler:
             return
         self._forget(attempt)
         actions.append(Commit(job.job, attempt.task, attempt.id, event.worker, event.payload))
-        rivals = job.deliver(attempt, event.now, event.bytes_read)
+        rivals = job.deliver(attempt, event.now, event.bytes_read, event.cached)
         self._cancel_attempts(rivals, actions)
 
     def _fail(self, event: AttemptFailed, actions: list[Action]) -> None:

@@ -63,6 +63,7 @@ class WorkerTally:
     attempts: int = 0  # attempts it finished (delivered or failed)
     bytes_read: int = 0
     busy_s: float = 0.0
+    cached: int = 0  # committed partials its cache served
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Counters:
     backups: int = 0
     failures: int = 0
     commits: int = 0
+    cache_hits: int = 0  # committed partials served by a worker's cache
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,11 @@ class JobTasks:
 
     # --- settling attempts -------------------------------------------------------------------
 
-    def deliver(self, attempt: Attempt, now: float, bytes_read: int) -> list[Attempt]:
-        """Commit ``attempt``'s task; return the rival attempts to cancel."""
+    def deliver(
+        self, attempt: Attempt, now: float, bytes_read: int, cached: bool = False
+    ) -> list[Attempt]:
+        """Commit ``attempt``'s task (``cached``: a worker's cache served its partial);
+        return the rival attempts to cancel."""
         task = self.tasks[attempt.task]
         self._settle(attempt)
         task.state = TaskState.DONE
@@ -196,8 +201,12 @@ class JobTasks:
         tally = self.tally(attempt.worker)
         tally.committed += 1
         tally.bytes_read += bytes_read
+        if cached:
+            self.counters.cache_hits += 1
+            tally.cached += 1
         self.record(now, "committed", worker=attempt.worker, attempt=attempt.id,
-                     partition=attempt.task, bytes=bytes_read)  # fmt: skip
+                     partition=attempt.task, bytes=bytes_read,
+                     **({"cached": True} if cached else {}))  # fmt: skip
         return self._drop_rivals(attempt.task, now)
 
     def fail(self, attempt: Attempt, now: float, error: str, retryable: bool) -> list[Attempt]:
@@ -315,4 +324,5 @@ class JobTasks:
             "workers_lost": c.workers_lost,
             "backup_attempts": c.backups,
             "failed_attempts": c.failures,
+            "cache_hits": c.cache_hits,
         }
