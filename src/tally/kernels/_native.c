@@ -13,13 +13,14 @@
  * 2. Scheme: the URL is searched for ':' followed by "//", 16 bytes at a time (one load for
  *    almost every URL, with any scheme; no branch on which scheme it is).
  * 3. Domain end: the first '/' after the domain's start, 16 bytes at a time, or the URL end.
- * 4. Counting: an open-addressing hash table (linear probing, 32-byte slots, at most a
- *    quarter full up to 1 MiB, half beyond) keyed by the domain's bytes: a domain of up to
- *    16 bytes is kept in its slot with its count, a longer one in an arena record with its
- *    count, and its first 8 bytes in the slot. Once the table outgrows the caches, domains
- *    are hashed in batches and their slots prefetched before any is looked up, so lookups
- *    cost overlapping memory reads rather than one miss after another; a table of several
- *    MiB is mapped in huge pages.
+ * 4. Counting: the distinct domains are kept as an Arrow binary column and its counts (their
+ *    bytes one after the other, int64 offsets, int64 counts), indexed by an open-addressing
+ *    hash table of 8-byte slots (the hash's low half and the entry number; linear probing,
+ *    at most half full up to 256 KiB, three quarters beyond). Once the table outgrows the
+ *    caches, domains are hashed in batches and their slots, then their entries, prefetched
+ *    before any is compared, so lookups cost overlapping memory reads rather than one miss
+ *    after another; a table of several MiB is mapped in huge pages. take() hands the three
+ *    buffers to Python as they are: no object is made per domain.
  *
  * Bytes are compared exactly; the bytes after a run are never read past the buffer's end.
  * The GIL is released while a run is scanned (the buffer stays exported, so it cannot move).
@@ -30,7 +31,7 @@
 
 #include "_native_table.h"
 
-#define NATIVE_ABI 1 /* bumped whenever the Python side must change with this file */
+#define NATIVE_ABI 2 /* bumped whenever the Python side must change with this file */
 #ifndef NATIVE_SOURCE
 #define NATIVE_SOURCE "unknown" /* setup.py passes the start of the sources' SHA-256 */
 #endif
@@ -320,21 +321,104 @@ static PyObject *Counter_counts(Counter *self, PyObject *Py_UNUSED(ignored)) {
         return result;
     }
     const Table *t = &self->table;
-    for (size_t i = 0; i <= t->mask; i++) { /* keys of up to 16 bytes, from the slots */
-        const Slot *s = &t->slots[i];
-        if (!s->count || s->len > KEY_INLINE) continue;
-        uint8_t bytes[16];
-        uint64_t w[2] = {s->w0, s->w1};
-        for (int k = 0; k < 16; k++) bytes[k] = (uint8_t)(w[k / 8] >> (8 * (k % 8)));
-        if (put_count(result, bytes, s->len, s->count) < 0) return NULL;
+    for (size_t e = 0; e < t->used; e++) {
+        const uint8_t *key = t->data + t->offsets[e];
+        size_t n = (size_t)(t->offsets[e + 1] - t->offsets[e]);
+        if (put_count(result, key, n, (uint64_t)t->counts[e]) < 0) return NULL;
     }
-    for (size_t at = 0; at < t->arena_len;) { /* longer keys, from the arena in order */
-        const Record *r = (const Record *)(t->arena + at);
-        if (put_count(result, (const uint8_t *)(r + 1), (size_t)r->len, r->count) < 0) {
-            return NULL;
+    return result;
+}
+
+/* -- the partial's buffers -------------------------------------------------------------- */
+
+/* A block of memory handed over from the table, exported read-only through the buffer
+ * protocol (pyarrow and NumPy wrap it without a copy) and freed with its last reference. */
+typedef struct {
+    PyObject_HEAD
+    void *p;
+    Py_ssize_t len;
+    size_t cap; /* bytes allocated (array_grow) */
+} Block;
+
+static int Block_getbuffer(Block *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->p, self->len, 1, flags);
+}
+
+static void Block_dealloc(Block *self) {
+    array_free(self->p, self->cap);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyBufferProcs Block_as_buffer = {(getbufferproc)Block_getbuffer, NULL};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tally.kernels._native.Block",
+    .tp_doc = "Memory handed over by Counter.take(), read through the buffer protocol",
+    .tp_basicsize = sizeof(Block),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Block_dealloc,
+    .tp_as_buffer = &Block_as_buffer,
+};
+
+/* A Block owning the array p of cap bytes, len of them in use (released here if the Block
+ * cannot be made). */
+static PyObject *block(void *p, size_t len, size_t cap) {
+    Block *b = PyObject_New(Block, &BlockType);
+    if (!b) {
+        array_free(p, cap);
+        return NULL;
+    }
+    b->p = p;
+    b->len = (Py_ssize_t)len;
+    b->cap = cap;
+    return (PyObject *)b;
+}
+
+/* (data, offsets, counts): the domains' bytes, where each starts (int64, one more than
+ * the domains) and each one's count (int64), in the order first met; the counter is empty
+ * afterwards. */
+static PyObject *Counter_take(Counter *self, PyObject *Py_UNUSED(ignored)) {
+    if (check_ready(self) < 0) return NULL;
+    if (self->only) {
+        PyErr_SetString(PyExc_RuntimeError, "take() is for counting every domain: counts()");
+        return NULL;
+    }
+    Table *t = &self->table;
+    Table fresh;
+    if (table_init(&fresh, 1 << 10) < 0) return PyErr_NoMemory();
+    fresh.seed = t->seed;
+    size_t used = t->used, data_len = t->data_len;
+    size_t data_cap = t->data_cap, offsets_cap = t->offsets_cap, counts_cap = t->counts_cap;
+    uint8_t *data = t->data;
+    int64_t *offsets = t->offsets, *counts = t->counts;
+    t->data = NULL;
+    t->offsets = NULL;
+    t->counts = NULL;
+    t->data_cap = t->offsets_cap = t->counts_cap = 0;
+    table_free(t);
+    *t = fresh;
+    if (!offsets) { /* no domain: nothing was allocated for them */
+        offsets = calloc(1, sizeof(int64_t));
+        data = malloc(DATA_PAD);
+        counts = malloc(sizeof(int64_t));
+        offsets_cap = sizeof(int64_t);
+        data_cap = DATA_PAD;
+        counts_cap = sizeof(int64_t);
+        if (!offsets || !data || !counts) {
+            free(offsets);
+            free(data);
+            free(counts);
+            return PyErr_NoMemory();
         }
-        at += record_size((size_t)r->len);
     }
+    PyObject *d = block(data, data_len, data_cap);
+    PyObject *o = block(offsets, (used + 1) * sizeof(int64_t), offsets_cap);
+    PyObject *n = block(counts, used * sizeof(int64_t), counts_cap);
+    PyObject *result = d && o && n ? PyTuple_Pack(3, d, o, n) : NULL;
+    Py_XDECREF(d);
+    Py_XDECREF(o);
+    Py_XDECREF(n);
     return result;
 }
 
@@ -344,6 +428,9 @@ static PyMethodDef Counter_methods[] = {
      "buffer[begin:end]"},
     {"counts", (PyCFunction)Counter_counts, METH_NOARGS,
      "counts() -> dict: every domain counted so far and its number of lines"},
+    {"take", (PyCFunction)Counter_take, METH_NOARGS,
+     "take() -> (data, offsets, counts): the counts as Arrow buffers (int64 offsets and "
+     "counts), handed over without a copy; the counter starts again from nothing"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -365,7 +452,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&CounterType) < 0) return NULL;
+    if (PyType_Ready(&CounterType) < 0 || PyType_Ready(&BlockType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&CounterType);

@@ -1,18 +1,29 @@
-/* The fast kernel's hash table: domain bytes -> number of lines (see _native.c, step 4). */
+/* The fast kernel's hash table: domain bytes -> number of lines (see _native.c, step 4).
+ *
+ * The distinct domains are kept as Arrow keeps a binary column and its counts: their bytes
+ * one after the other (data), where each starts (offsets, int64, one more than the domains)
+ * and each one's count (counts, int64), in the order they were first met. The partial is
+ * therefore ready when the scan ends: Python wraps the three buffers without a copy.
+ *
+ * The index is an open-addressing table (linear probing) of 8-byte slots: the low half of
+ * the domain's hash (which also gives the slot) and its entry number plus one; 0 is a free
+ * slot. Eight slots share a cache line, so a table of a million domains is 8 to 16 MiB, and
+ * growing it rehashes the slots alone (the hash is in them), never a domain's bytes. */
 
 #ifndef TALLY_NATIVE_TABLE_H
 #define TALLY_NATIVE_TABLE_H
 
 #include "_native_common.h"
 
-#ifndef BATCH
-#define BATCH 32 /* domains hashed and prefetched before they are looked up */
+#ifndef STAGE
+#define STAGE 16 /* domains between the steps of a lookup: slot, entry, bytes, compare */
 #endif
+#define RING (4 * STAGE) /* domains on their way through the steps */
 #define KEY_INLINE 16
-#define HUGE_TABLE (4 << 20) /* bytes: a table this large is mapped in huge pages */
-#define SPARSE_TABLE (1 << 15) /* slots (1 MiB): up to this size, probes are kept short */
+#define DATA_PAD 16          /* readable bytes after the last domain: 16-byte loads */
+#define SPARSE_TABLE (1 << 15) /* slots (256 KiB): up to this size, at most half full */
 #ifndef SMALL_TABLE
-#define SMALL_TABLE (1 << 16) /* slots (2 MiB): a smaller table is looked up line by line */
+#define SMALL_TABLE (1 << 17) /* slots (1 MiB): a smaller table is looked up line by line */
 #endif
 
 /* -- hashing ---------------------------------------------------------------------------- */
@@ -44,9 +55,9 @@ static inline uint64_t hash_key(
     return h;
 }
 
-/* Whether the n > 16 bytes at a and b are equal, given that their first 8 are. */
+/* Whether the n > 16 bytes at a and b are equal, given that their first 16 are. */
 static inline int same_tail(const uint8_t *a, const uint8_t *b, size_t n) {
-    size_t i = 8;
+    size_t i = 16;
     for (; i + 8 < n; i += 8) {
         if (load64(a + i) != load64(b + i)) return 0;
     }
@@ -56,163 +67,181 @@ static inline int same_tail(const uint8_t *a, const uint8_t *b, size_t n) {
 /* -- the table -------------------------------------------------------------------------- */
 
 typedef struct {
-    uint64_t w0, w1; /* up to 16 bytes: the key, zero padded; longer: 8 bytes, arena offset */
-    uint32_t len;
-    uint32_t hash;  /* the hash's low half: the slot's index, also when the table grows */
-    uint64_t count; /* 0: a free slot; 1 for a key over 16 bytes (counted in its record) */
-} Slot;
-
-/* A key over 16 bytes in the arena: this header, its bytes, zeros up to a multiple of 8.
- * Its count is kept here, beside the bytes it is compared with, so that the counts can be
- * read in the order the keys were met, one arena page after the other. */
-typedef struct {
-    uint64_t count;
-    uint64_t len;
-} Record;
-
-typedef struct {
     const uint8_t *p;
     size_t n;
-    uint64_t w0, w1, h;
+    uint64_t w0, w1, h; /* the first 16 bytes, zero padded past n; the hash */
+    size_t hit;         /* entry + 1 of a slot with the same hash, 0 if none was seen */
 } Pending;
 
 typedef struct {
-    Slot *slots;
-    size_t mask; /* slots - 1, a power of two less one */
-    size_t used;
-    uint8_t *arena; /* the records of the keys over 16 bytes */
-    size_t arena_len, arena_cap;
+    uint64_t *slots; /* hash low half << 32 | entry + 1; 0: free */
+    size_t mask;     /* slots - 1, a power of two less one */
+    size_t used;     /* entries: distinct domains */
+    uint8_t *data;   /* the domains' bytes, DATA_PAD readable bytes after the last */
+    size_t data_len, data_cap;
+    int64_t *offsets; /* used + 1 */
+    int64_t *counts;  /* used */
+    size_t entries_cap, offsets_cap, counts_cap; /* entries; bytes of the two arrays */
     uint64_t seed;
     int nomem; /* an allocation failed: the counts are incomplete */
-    size_t pending;
-    Pending batch[BATCH];
+    size_t pending, head; /* domains in the ring; the next one's place */
+    Pending ring[RING];
 } Table;
 
-/* Zeroed memory for n slots. A large table is mapped with transparent huge pages where the
- * system has them: its first writes then fault once per 2 MiB, not once per 4 KiB. */
-static Slot *slots_alloc(size_t n) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    size_t bytes = n * sizeof(Slot);
-    if (bytes >= HUGE_TABLE) {
-        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) return NULL;
-        madvise(p, bytes, MADV_HUGEPAGE);
-        return p;
-    }
-#endif
-    return calloc(n, sizeof(Slot));
+/* Zeroed memory for n slots (a large table in huge pages: see array_grow). */
+static uint64_t *slots_alloc(size_t n) {
+    return n * sizeof(uint64_t) >= MAPPED ? array_grow(NULL, 0, n * sizeof(uint64_t))
+                                          : calloc(n, sizeof(uint64_t));
 }
 
-static void slots_free(Slot *p, size_t n) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (n * sizeof(Slot) >= HUGE_TABLE) {
-        munmap(p, n * sizeof(Slot));
-        return;
-    }
-#endif
-    (void)n;
-    free(p);
-}
+static void slots_free(uint64_t *p, size_t n) { array_free(p, n * sizeof(uint64_t)); }
 
 static int table_init(Table *c, size_t slots) {
     c->slots = slots_alloc(slots);
     if (!c->slots) return -1;
     c->mask = slots - 1;
     c->used = 0;
+    c->data = NULL;
+    c->offsets = NULL;
+    c->counts = NULL;
+    c->data_len = c->data_cap = c->entries_cap = c->offsets_cap = c->counts_cap = 0;
+    c->nomem = 0;
+    c->pending = c->head = 0;
     return 0;
 }
 
 static int table_grow(Table *c) {
-    size_t old = c->mask + 1, used = c->used;
-    Slot *from = c->slots;
+    size_t old = c->mask + 1;
+    uint64_t *from = c->slots;
     if (old >= (size_t)1 << 32) return -1; /* a slot's index comes from 32 bits of hash */
-    if (table_init(c, 2 * old) < 0) {
-        c->slots = from;
-        return -1;
-    }
+    uint64_t *to = slots_alloc(2 * old);
+    if (!to) return -1;
+    size_t mask = 2 * old - 1;
     for (size_t i = 0; i < old; i++) {
-        if (!from[i].count) continue;
-        size_t j = from[i].hash & c->mask;
-        while (c->slots[j].count) j = (j + 1) & c->mask;
-        c->slots[j] = from[i];
+        uint64_t s = from[i];
+        if (!s) continue;
+        size_t j = (s >> 32) & mask;
+        while (to[j]) j = (j + 1) & mask;
+        to[j] = s;
     }
-    c->used = used;
+    c->slots = to;
+    c->mask = mask;
     slots_free(from, old);
     return 0;
 }
 
-static inline size_t record_size(size_t n) { return sizeof(Record) + ((n + 7) & ~(size_t)7); }
-
-static int arena_put(Table *c, const uint8_t *p, size_t n, uint64_t *offset) {
-    size_t size = record_size(n);
-    if (c->arena_len + size > c->arena_cap) {
-        size_t cap = c->arena_cap ? 2 * c->arena_cap : 1 << 16;
-        while (cap < c->arena_len + size) cap *= 2;
-        uint8_t *grown = realloc(c->arena, cap);
-        if (!grown) return -1;
-        c->arena = grown;
-        c->arena_cap = cap;
+/* Room for one more entry of n bytes. */
+static int reserve(Table *c, size_t n) {
+    if (c->used + 1 >= c->entries_cap) {
+        size_t cap = c->entries_cap ? 2 * c->entries_cap : 1 << 10;
+        if (cap >= (size_t)UINT32_MAX) return -1; /* a slot holds a 32-bit entry number */
+        int64_t *offsets = array_grow(c->offsets, c->offsets_cap, cap * sizeof(int64_t));
+        if (!offsets) return -1;
+        c->offsets = offsets;
+        c->offsets_cap = cap * sizeof(int64_t);
+        int64_t *counts = array_grow(c->counts, c->counts_cap, cap * sizeof(int64_t));
+        if (!counts) return -1;
+        c->counts = counts;
+        c->counts_cap = cap * sizeof(int64_t);
+        c->entries_cap = cap;
+        if (!c->used) c->offsets[0] = 0;
     }
-    Record *r = (Record *)(c->arena + c->arena_len);
-    r->count = 1;
-    r->len = n;
-    memset((uint8_t *)(r + 1) + size - sizeof(Record) - 8, 0, 8);
-    memcpy(r + 1, p, n);
-    *offset = c->arena_len;
-    c->arena_len += size;
+    if (c->data_len + n + DATA_PAD > c->data_cap) {
+        size_t cap = c->data_cap ? 2 * c->data_cap : 1 << 14;
+        while (cap < c->data_len + n + DATA_PAD) cap *= 2;
+        uint8_t *data = array_grow(c->data, c->data_cap, cap);
+        if (!data) return -1;
+        c->data = data;
+        c->data_cap = cap;
+    }
     return 0;
 }
 
-static inline int insert(Table *c, const Pending *k) {
+/* Whether entry e holds the key k (whose hash matched). */
+static inline int same_key(const Table *c, size_t e, const Pending *k) {
+    int64_t at = c->offsets[e];
+    if ((size_t)(c->offsets[e + 1] - at) != k->n) return 0;
+    const uint8_t *q = c->data + at; /* 16 bytes readable: DATA_PAD */
+    uint64_t a0 = load64(q), a1 = load64(q + 8);
+    if (k->n < 8) {
+        return low_bytes(a0, k->n) == k->w0;
+    }
+    if (k->n <= KEY_INLINE) return a0 == k->w0 && low_bytes(a1, k->n - 8) == k->w1;
+    return a0 == k->w0 && a1 == k->w1 && same_tail(q, k->p, k->n);
+}
+
+static inline size_t max_used(const Table *c) {
+    size_t slots = c->mask + 1; /* at most half full up to 256 KiB, three quarters beyond */
+    return slots <= SPARSE_TABLE ? slots / 2 : slots / 4 * 3;
+}
+
+static int insert(Table *c, const Pending *k) {
     uint32_t hash = (uint32_t)k->h;
     size_t i = hash & c->mask;
     for (;;) {
-        Slot *s = &c->slots[i];
-        if (!s->count) break;
-        if (s->hash == hash && s->len == k->n && s->w0 == k->w0) {
-            if (k->n <= KEY_INLINE) {
-                if (s->w1 == k->w1) {
-                    s->count++;
-                    return 0;
-                }
-            } else {
-                Record *r = (Record *)(c->arena + s->w1);
-                if (same_tail((const uint8_t *)(r + 1), k->p, k->n)) {
-                    r->count++;
-                    return 0;
-                }
+        uint64_t s = c->slots[i];
+        if (!s) break;
+        if ((uint32_t)(s >> 32) == hash) {
+            size_t e = (uint32_t)s - 1;
+            if (same_key(c, e, k)) {
+                c->counts[e]++;
+                return 0;
             }
         }
         i = (i + 1) & c->mask;
     }
-    size_t slots = c->mask + 1; /* at most a quarter full up to 1 MiB, half beyond */
-    if (c->used + 1 > (2 * slots <= SPARSE_TABLE ? slots / 4 : slots / 2)) {
+    if (c->used + 1 > max_used(c)) {
         if (table_grow(c) < 0) return -1;
         return insert(c, k);
     }
-    Slot *s = &c->slots[i];
-    s->w0 = k->w0;
-    s->w1 = k->w1;
-    if (k->n > KEY_INLINE && arena_put(c, k->p, k->n, &s->w1) < 0) return -1;
-    s->len = (uint32_t)k->n;
-    s->hash = hash;
-    s->count = 1;
-    c->used++;
+    if (reserve(c, k->n) < 0) return -1;
+    size_t e = c->used++;
+    memcpy(c->data + c->data_len, k->p, k->n);
+    c->data_len += k->n;
+    c->offsets[e + 1] = (int64_t)c->data_len;
+    c->counts[e] = 1;
+    c->slots[i] = ((uint64_t)hash << 32) | (uint64_t)(e + 1);
     return 0;
 }
 
-static void flush(Table *c) {
-    /* the slots were prefetched when the domains were hashed; a long key found in its home
-     * slot is compared with the arena next, so prefetch that too before any compare */
-    for (size_t i = 0; i < c->pending; i++) {
-        const Pending *k = &c->batch[i];
-        const Slot *s = &c->slots[(uint32_t)k->h & c->mask];
-        if (k->n > KEY_INLINE && s->count && s->hash == (uint32_t)k->h) {
-            PREFETCH(c->arena + s->w1 + sizeof(Record));
+/* A lookup in four steps, each STAGE domains after the one before, so that its memory reads
+ * overlap with the scan of the lines in between rather than wait one after another: the
+ * slot is prefetched when the domain is hashed; then the slots from there on are searched
+ * for one of the same hash, and its entry (offset and count) prefetched; then its bytes;
+ * then the domain is compared and counted (insert() looks it up again, from caches). */
+static inline void find_entry(Table *c, Pending *k) {
+    uint32_t hash = (uint32_t)k->h;
+    size_t j = hash & c->mask;
+    uint64_t s;
+    k->hit = 0;
+    while ((s = c->slots[j])) {
+        if ((uint32_t)(s >> 32) == hash) {
+            k->hit = (uint32_t)s;
+            PREFETCH(&c->offsets[k->hit - 1]);
+            PREFETCH(&c->counts[k->hit - 1]);
+            return;
         }
+        j = (j + 1) & c->mask;
     }
-    for (size_t i = 0; i < c->pending && !c->nomem; i++) {
-        if (insert(c, &c->batch[i]) < 0) c->nomem = 1;
+}
+
+static inline void step(Table *c) {
+    size_t h = c->head;
+    if (c->pending > STAGE) find_entry(c, &c->ring[(h - STAGE - 1) % RING]);
+    if (c->pending > 2 * STAGE) {
+        const Pending *k = &c->ring[(h - 2 * STAGE - 1) % RING];
+        if (k->hit && k->hit <= c->used) PREFETCH(c->data + c->offsets[k->hit - 1]);
+    }
+    if (c->pending > 3 * STAGE) {
+        if (!c->nomem && insert(c, &c->ring[(h - 3 * STAGE - 1) % RING]) < 0) c->nomem = 1;
+        c->pending--;
+    }
+}
+
+/* Count the domains still in the ring. */
+static void flush(Table *c) {
+    for (size_t i = c->pending; i > 0; i--) {
+        if (!c->nomem && insert(c, &c->ring[(c->head - i) % RING]) < 0) c->nomem = 1;
     }
     c->pending = 0;
 }
@@ -230,21 +259,27 @@ static inline void table_add(Table *c, const uint8_t *p, size_t n, const uint8_t
         k.w1 = low_bytes(k.w1, n - 8);
     }
     k.h = hash_key(p, n, k.w0, k.w1, c->seed);
-    if (n > KEY_INLINE) k.w1 = 0; /* the slot keeps the arena offset there */
-    if (c->mask < SMALL_TABLE) { /* in the caches: no need to wait for a batch */
+    k.hit = 0;
+    if (c->mask < SMALL_TABLE && !c->pending) { /* in the caches: no need for the steps */
         if (insert(c, &k) < 0) c->nomem = 1;
         return;
     }
     PREFETCH(&c->slots[(uint32_t)k.h & c->mask]);
-    c->batch[c->pending++] = k;
-    if (c->pending == BATCH) flush(c);
+    c->ring[c->head % RING] = k;
+    c->head++;
+    c->pending++;
+    step(c);
 }
 
 static void table_free(Table *c) {
     if (c->slots) slots_free(c->slots, c->mask + 1);
-    free(c->arena);
+    array_free(c->data, c->data_cap);
+    array_free(c->offsets, c->offsets_cap);
+    array_free(c->counts, c->counts_cap);
     c->slots = NULL;
-    c->arena = NULL;
+    c->data = NULL;
+    c->offsets = NULL;
+    c->counts = NULL;
 }
 
 #endif
