@@ -119,7 +119,7 @@ static void emit(Counter *c, const uint8_t *p, size_t n, const uint8_t *limit) {
             c->only_hits++;
         return;
     }
-    table_add(&c->table, p, n, limit);
+    table_add(&c->table, p, n, limit, 1);
 }
 
 /* -- lines ------------------------------------------------------------------------------ */
@@ -293,6 +293,72 @@ static PyObject *Counter_add(Counter *self, PyObject *args) {
     return Py_BuildValue("KK", (unsigned long long)out.lines, (unsigned long long)out.malformed);
 }
 
+/* merge(data, offsets, counts): add a partial's counts, an Arrow binary column's buffers
+ * (int32 offsets, one more than the rows, from 0 or any start) and int64 counts. Every key
+ * must lie in the data and be non-empty, every count at least 1 and their total below 2**62
+ * (ValueError, and the counter unchanged, otherwise); what a domain may hold is for the
+ * partial's check (tally.queries.domains). */
+static PyObject *Counter_merge(Counter *self, PyObject *args) {
+    Py_buffer data, offsets, counts;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &data, &offsets, &counts)) return NULL;
+    PyObject *result = NULL;
+    const char *bad = NULL;
+    if (check_ready(self) < 0) goto done;
+    if (self->only) {
+        PyErr_SetString(PyExc_RuntimeError, "merge() is for counting every domain");
+        goto done;
+    }
+    size_t rows = (size_t)counts.len / sizeof(int64_t);
+    if (counts.len % (Py_ssize_t)sizeof(int64_t) || offsets.len % (Py_ssize_t)sizeof(int32_t) ||
+        (size_t)offsets.len / sizeof(int32_t) != rows + 1) {
+        PyErr_SetString(PyExc_ValueError, "need int32 offsets, one more than the int64 counts");
+        goto done;
+    }
+    const uint8_t *bytes = data.buf, *limit = bytes + data.len;
+    int32_t *at = malloc((rows + 1) * sizeof(int32_t));
+    int64_t *by = malloc((rows ? rows : 1) * sizeof(int64_t));
+    if (!at || !by) {
+        free(at);
+        free(by);
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(at, offsets.buf, (rows + 1) * sizeof(int32_t));
+    memcpy(by, counts.buf, rows * sizeof(int64_t));
+    uint64_t total = 0;
+    for (size_t i = 0; i < rows && !bad; i++) { /* the whole partial is checked first */
+        if (at[i] < 0 || at[i + 1] <= at[i] || at[i + 1] > data.len) {
+            bad = "a domain outside the data, or empty";
+        } else if (by[i] < 1 || (total += (uint64_t)by[i]) >= ((uint64_t)1 << 62)) {
+            bad = "a count below 1, or a total past 2**62";
+        }
+    }
+    if (!bad) {
+        self->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        for (size_t i = 0; i < rows; i++) {
+            table_add(&self->table, bytes + at[i], (size_t)(at[i + 1] - at[i]), limit, by[i]);
+        }
+        if (self->table.pending) flush(&self->table);
+        Py_END_ALLOW_THREADS
+        self->busy = 0;
+    }
+    free(at);
+    free(by);
+    if (bad) {
+        PyErr_Format(PyExc_ValueError, "malformed partial: %s", bad);
+    } else if (self->table.nomem) {
+        PyErr_NoMemory();
+    } else {
+        result = PyLong_FromSize_t(rows);
+    }
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&counts);
+    return result;
+}
+
 /* result[key] = count; on failure, result is released and -1 returned. */
 static int put_count(PyObject *result, const uint8_t *key, size_t n, uint64_t count) {
     PyObject *k = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)n);
@@ -428,6 +494,9 @@ static PyMethodDef Counter_methods[] = {
      "buffer[begin:end]"},
     {"counts", (PyCFunction)Counter_counts, METH_NOARGS,
      "counts() -> dict: every domain counted so far and its number of lines"},
+    {"merge", (PyCFunction)Counter_merge, METH_VARARGS,
+     "merge(data, offsets, counts) -> rows: add a partial's counts (the buffers of an Arrow "
+     "binary column, int32 offsets, and of its int64 counts)"},
     {"take", (PyCFunction)Counter_take, METH_NOARGS,
      "take() -> (data, offsets, counts): the counts as Arrow buffers (int64 offsets and "
      "counts), handed over without a copy; the counter starts again from nothing"},

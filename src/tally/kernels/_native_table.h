@@ -71,6 +71,7 @@ typedef struct {
     size_t n;
     uint64_t w0, w1, h; /* the first 16 bytes, zero padded past n; the hash */
     size_t hit;         /* entry + 1 of a slot with the same hash, 0 if none was seen */
+    int64_t by;         /* lines to add: 1 for a line, a partial's count when merging */
 } Pending;
 
 typedef struct {
@@ -184,7 +185,7 @@ static int insert(Table *c, const Pending *k) {
         if ((uint32_t)(s >> 32) == hash) {
             size_t e = (uint32_t)s - 1;
             if (same_key(c, e, k)) {
-                c->counts[e]++;
+                c->counts[e] += k->by;
                 return 0;
             }
         }
@@ -199,7 +200,7 @@ static int insert(Table *c, const Pending *k) {
     memcpy(c->data + c->data_len, k->p, k->n);
     c->data_len += k->n;
     c->offsets[e + 1] = (int64_t)c->data_len;
-    c->counts[e] = 1;
+    c->counts[e] = k->by;
     c->slots[i] = ((uint64_t)hash << 32) | (uint64_t)(e + 1);
     return 0;
 }
@@ -246,9 +247,11 @@ static void flush(Table *c) {
     c->pending = 0;
 }
 
-/* Count the n > 0 bytes at p (bytes up to limit may be loaded). */
-static inline void table_add(Table *c, const uint8_t *p, size_t n, const uint8_t *limit) {
+/* Add by to the count of the n > 0 bytes at p (bytes up to limit may be loaded). */
+static inline void table_add(
+    Table *c, const uint8_t *p, size_t n, const uint8_t *limit, int64_t by) {
     Pending k;
+    k.by = by;
     k.p = p;
     k.n = n;
     load128_safe(p, limit, &k.w0, &k.w1);
