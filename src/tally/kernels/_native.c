@@ -216,11 +216,13 @@ static Lines scan(
 }
 
 static int Counter_init(Counter *self, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"only", "seed", "portable", NULL};
+    static char *names[] = {"only", "seed", "portable", "expect", NULL};
     PyObject *only = Py_None;
     unsigned long long seed = 0;
     int portable = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OKp", names, &only, &seed, &portable))
+    Py_ssize_t expect = 0;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "|OKpn", names, &only, &seed, &portable, &expect))
         return -1;
     if (only != Py_None && !PyBytes_Check(only)) {
         PyErr_SetString(PyExc_TypeError, "only must be bytes or None");
@@ -230,7 +232,8 @@ static int Counter_init(Counter *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_RuntimeError, "Counter is already initialised");
         return -1;
     }
-    if (table_init(&self->table, 1 << 10) < 0) {
+    size_t slots = table_size(only == Py_None && expect > 0 ? (size_t)expect : 0);
+    if (table_init(&self->table, slots) < 0) {
         PyErr_NoMemory();
         return -1;
     }

@@ -6,7 +6,7 @@ SOURCE: str  # the first hex digits of the SHA-256 of the C sources it was built
 
 class Counter:
     def __init__(
-        self, only: bytes | None = None, seed: int = 0, portable: bool = False
+        self, only: bytes | None = None, seed: int = 0, portable: bool = False, expect: int = 0
     ) -> None: ...
     def add(
         self, buffer: bytearray | bytes | memoryview, begin: int, end: int, record_limit: int

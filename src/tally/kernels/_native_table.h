@@ -111,6 +111,16 @@ static int table_init(Table *c, size_t slots) {
     return 0;
 }
 
+/* The slots of a table that holds n domains without growing (at most 2**26: 512 MiB). */
+static size_t table_size(size_t n) {
+    size_t slots = 1 << 10;
+    while (slots < ((size_t)1 << 26) &&
+           n > (slots <= SPARSE_TABLE ? slots / 2 : slots / 4 * 3)) {
+        slots *= 2;
+    }
+    return slots;
+}
+
 static int table_grow(Table *c) {
     size_t old = c->mask + 1;
     uint64_t *from = c->slots;

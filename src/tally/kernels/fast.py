@@ -65,12 +65,17 @@ _native = load_native()
 IMPLEMENTATION = "native" if _native is not None else "numpy"
 
 
+# distinct domains of the last partition counted in this process: the next table starts that
+# large (the partitions of a job are alike), so that it does not grow, and rehash, step by step
+_last_distinct = 0
+
+
 class _NativeTally:
     """Accumulates the pieces of one ``count_domains`` call in the C extension's table."""
 
     def __init__(self, native: ModuleType, only: bytes | None) -> None:
         seed = int.from_bytes(os.urandom(8), "little")  # no input can aim at the hash
-        self._counter = native.Counter(only, seed, _PORTABLE)
+        self._counter = native.Counter(only, seed, _PORTABLE, _last_distinct)
         self._only = only
         self.result = DomainCounts()
 
@@ -88,7 +93,9 @@ class _NativeTally:
         if self._only is not None:
             self.result.counts = self._counter.counts()
             return self.result
+        global _last_distinct
         table = arrow_table(*self._counter.take())  # the table's buffers: no copy
+        _last_distinct = 0 if table is None else table.num_rows
         result = self.result
         return DomainCounts(lines=result.lines, malformed=result.malformed, table=table)
 
