@@ -13,14 +13,14 @@
  * 2. Scheme: the URL is searched for ':' followed by "//", 16 bytes at a time (one load for
  *    almost every URL, with any scheme; no branch on which scheme it is).
  * 3. Domain end: the first '/' after the domain's start, 16 bytes at a time, or the URL end.
- * 4. Counting: the distinct domains are kept as an Arrow binary column and its counts (their
- *    bytes one after the other, int64 offsets, int64 counts), indexed by an open-addressing
- *    hash table of 8-byte slots (the hash's low half and the entry number; linear probing,
- *    at most half full up to 256 KiB, three quarters beyond). Once the table outgrows the
- *    caches, domains are hashed in batches and their slots, then their entries, prefetched
- *    before any is compared, so lookups cost overlapping memory reads rather than one miss
- *    after another; a table of several MiB is mapped in huge pages. take() hands the three
- *    buffers to Python as they are: no object is made per domain.
+ * 4. Counting: each distinct domain is a record (count, length, bytes) in an arena, indexed
+ *    by an open-addressing hash table of 8-byte slots (the hash's low half and the record's
+ *    place; linear probing, at most half full up to 256 KiB, three quarters beyond). Once
+ *    the table outgrows the caches, each domain's slot, then its record, is prefetched some
+ *    lines ahead of its compare, so lookups cost overlapping memory reads rather than one
+ *    miss after another; large arrays are mapped in huge pages. take() writes the partial
+ *    as the buffers of Arrow columns in one pass over the arena and hands them to Python
+ *    as they are: no object is made per domain.
  *
  * Bytes are compared exactly; the bytes after a run are never read past the buffer's end.
  * The GIL is released while a run is scanned (the buffer stays exported, so it cannot move).
@@ -390,10 +390,12 @@ static PyObject *Counter_counts(Counter *self, PyObject *Py_UNUSED(ignored)) {
         return result;
     }
     const Table *t = &self->table;
-    for (size_t e = 0; e < t->used; e++) {
-        const uint8_t *key = t->data + t->offsets[e];
-        size_t n = (size_t)(t->offsets[e + 1] - t->offsets[e]);
-        if (put_count(result, key, n, (uint64_t)t->counts[e]) < 0) return NULL;
+    for (size_t place = 0; place < t->arena_len;) { /* the records, in the order first met */
+        const Record *r = (const Record *)(t->arena + place);
+        if (put_count(result, (const uint8_t *)(r + 1), r->len, (uint64_t)r->count) < 0) {
+            return NULL;
+        }
+        place += record_size(r->len);
     }
     return result;
 }
@@ -454,36 +456,16 @@ static PyObject *Counter_take(Counter *self, PyObject *Py_UNUSED(ignored)) {
         return NULL;
     }
     Table *t = &self->table;
-    Table fresh;
-    if (table_init(&fresh, 1 << 10) < 0) return PyErr_NoMemory();
-    fresh.seed = t->seed;
-    size_t used = t->used, data_len = t->data_len;
-    size_t data_cap = t->data_cap, offsets_cap = t->offsets_cap, counts_cap = t->counts_cap;
-    uint8_t *data = t->data;
-    int64_t *offsets = t->offsets, *counts = t->counts;
-    t->data = NULL;
-    t->offsets = NULL;
-    t->counts = NULL;
-    t->data_cap = t->offsets_cap = t->counts_cap = 0;
+    Columns out;
+    if (table_columns(t, &out) < 0) return PyErr_NoMemory();
+    size_t used = t->used, data_len = t->key_bytes;
+    uint64_t seed = t->seed;
     table_free(t);
-    *t = fresh;
-    if (!offsets) { /* no domain: nothing was allocated for them */
-        offsets = calloc(1, sizeof(int64_t));
-        data = malloc(DATA_PAD);
-        counts = malloc(sizeof(int64_t));
-        offsets_cap = sizeof(int64_t);
-        data_cap = DATA_PAD;
-        counts_cap = sizeof(int64_t);
-        if (!offsets || !data || !counts) {
-            free(offsets);
-            free(data);
-            free(counts);
-            return PyErr_NoMemory();
-        }
-    }
-    PyObject *d = block(data, data_len, data_cap);
-    PyObject *o = block(offsets, (used + 1) * sizeof(int64_t), offsets_cap);
-    PyObject *n = block(counts, used * sizeof(int64_t), counts_cap);
+    if (table_init(t, 1 << 10) < 0) t->slots = NULL; /* then refused as not initialised */
+    t->seed = seed;
+    PyObject *d = block(out.data, data_len, out.data_cap);
+    PyObject *o = block(out.offsets, (used + 1) * sizeof(int64_t), out.offsets_cap);
+    PyObject *n = block(out.counts, used * sizeof(int64_t), out.counts_cap);
     PyObject *result = d && o && n ? PyTuple_Pack(3, d, o, n) : NULL;
     Py_XDECREF(d);
     Py_XDECREF(o);

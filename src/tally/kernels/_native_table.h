@@ -1,14 +1,17 @@
 /* The fast kernel's hash table: domain bytes -> number of lines (see _native.c, step 4).
  *
- * The distinct domains are kept as Arrow keeps a binary column and its counts: their bytes
- * one after the other (data), where each starts (offsets, int64, one more than the domains)
- * and each one's count (counts, int64), in the order they were first met. The partial is
- * therefore ready when the scan ends: Python wraps the three buffers without a copy.
+ * Each distinct domain is a record in an arena, in the order first met: its count, its
+ * length and its bytes, side by side, so that a domain seen again costs one read of its
+ * slot and one of its record. When the counting is done, one pass over the arena writes the
+ * partial as Arrow keeps a binary column and its counts (table_columns): the domains' bytes
+ * one after the other, where each starts (int64 offsets, one more than the domains) and
+ * each one's count (int64), which Python wraps without a copy.
  *
  * The index is an open-addressing table (linear probing) of 8-byte slots: the low half of
- * the domain's hash (which also gives the slot) and its entry number plus one; 0 is a free
- * slot. Eight slots share a cache line, so a table of a million domains is 8 to 16 MiB, and
- * growing it rehashes the slots alone (the hash is in them), never a domain's bytes. */
+ * the domain's hash (which also gives the slot) and the record's place in the arena (in
+ * 8-byte words, plus one); 0 is a free slot. Eight slots share a cache line, so a table of
+ * a million domains is 8 to 16 MiB, and growing it rehashes the slots alone (the hash is in
+ * them), never a domain's bytes. */
 
 #ifndef TALLY_NATIVE_TABLE_H
 #define TALLY_NATIVE_TABLE_H
@@ -70,19 +73,22 @@ typedef struct {
     const uint8_t *p;
     size_t n;
     uint64_t w0, w1, h; /* the first 16 bytes, zero padded past n; the hash */
-    size_t hit;         /* entry + 1 of a slot with the same hash, 0 if none was seen */
     int64_t by;         /* lines to add: 1 for a line, a partial's count when merging */
 } Pending;
 
+/* A domain in the arena: this header, its bytes, zeros up to a multiple of 8. */
 typedef struct {
-    uint64_t *slots; /* hash low half << 32 | entry + 1; 0: free */
+    int64_t count;
+    uint64_t len;
+} Record;
+
+typedef struct {
+    uint64_t *slots; /* hash low half << 32 | record's place in 8-byte words + 1; 0: free */
     size_t mask;     /* slots - 1, a power of two less one */
-    size_t used;     /* entries: distinct domains */
-    uint8_t *data;   /* the domains' bytes, DATA_PAD readable bytes after the last */
-    size_t data_len, data_cap;
-    int64_t *offsets; /* used + 1 */
-    int64_t *counts;  /* used */
-    size_t entries_cap, offsets_cap, counts_cap; /* entries; bytes of the two arrays */
+    size_t used;     /* records: distinct domains */
+    uint8_t *arena;  /* the records, DATA_PAD readable bytes after the last */
+    size_t arena_len, arena_cap;
+    size_t key_bytes; /* the domains' bytes, all told */
     uint64_t seed;
     int nomem; /* an allocation failed: the counts are incomplete */
     size_t pending, head; /* domains in the ring; the next one's place */
@@ -102,10 +108,8 @@ static int table_init(Table *c, size_t slots) {
     if (!c->slots) return -1;
     c->mask = slots - 1;
     c->used = 0;
-    c->data = NULL;
-    c->offsets = NULL;
-    c->counts = NULL;
-    c->data_len = c->data_cap = c->entries_cap = c->offsets_cap = c->counts_cap = 0;
+    c->arena = NULL;
+    c->arena_len = c->arena_cap = c->key_bytes = 0;
     c->nomem = 0;
     c->pending = c->head = 0;
     return 0;
@@ -141,43 +145,19 @@ static int table_grow(Table *c) {
     return 0;
 }
 
-/* Room for one more entry of n bytes. */
-static int reserve(Table *c, size_t n) {
-    if (c->used + 1 >= c->entries_cap) {
-        size_t cap = c->entries_cap ? 2 * c->entries_cap : 1 << 10;
-        if (cap >= (size_t)UINT32_MAX) return -1; /* a slot holds a 32-bit entry number */
-        int64_t *offsets = array_grow(c->offsets, c->offsets_cap, cap * sizeof(int64_t));
-        if (!offsets) return -1;
-        c->offsets = offsets;
-        c->offsets_cap = cap * sizeof(int64_t);
-        int64_t *counts = array_grow(c->counts, c->counts_cap, cap * sizeof(int64_t));
-        if (!counts) return -1;
-        c->counts = counts;
-        c->counts_cap = cap * sizeof(int64_t);
-        c->entries_cap = cap;
-        if (!c->used) c->offsets[0] = 0;
-    }
-    if (c->data_len + n + DATA_PAD > c->data_cap) {
-        size_t cap = c->data_cap ? 2 * c->data_cap : 1 << 14;
-        while (cap < c->data_len + n + DATA_PAD) cap *= 2;
-        uint8_t *data = array_grow(c->data, c->data_cap, cap);
-        if (!data) return -1;
-        c->data = data;
-        c->data_cap = cap;
-    }
-    return 0;
+static inline size_t record_size(size_t n) { return sizeof(Record) + ((n + 7) & ~(size_t)7); }
+
+static inline Record *record_at(const Table *c, uint64_t slot) {
+    return (Record *)(c->arena + 8 * (size_t)((uint32_t)slot - 1));
 }
 
-/* Whether entry e holds the key k (whose hash matched). */
-static inline int same_key(const Table *c, size_t e, const Pending *k) {
-    int64_t at = c->offsets[e];
-    if ((size_t)(c->offsets[e + 1] - at) != k->n) return 0;
-    const uint8_t *q = c->data + at; /* 16 bytes readable: DATA_PAD */
-    uint64_t a0 = load64(q), a1 = load64(q + 8);
-    if (k->n < 8) {
-        return low_bytes(a0, k->n) == k->w0;
-    }
-    if (k->n <= KEY_INLINE) return a0 == k->w0 && low_bytes(a1, k->n - 8) == k->w1;
+/* Whether record r holds the key k (whose hash matched). */
+static inline int same_key(const Record *r, const Pending *k) {
+    if (r->len != k->n) return 0;
+    const uint8_t *q = (const uint8_t *)(r + 1);
+    uint64_t a0 = load64(q), a1 = load64(q + 8); /* 16 bytes readable: DATA_PAD */
+    if (k->n <= 8) return a0 == k->w0; /* zero padded alike (a1: the next record) */
+    if (k->n <= KEY_INLINE) return a0 == k->w0 && a1 == k->w1;
     return a0 == k->w0 && a1 == k->w1 && same_tail(q, k->p, k->n);
 }
 
@@ -193,9 +173,9 @@ static int insert(Table *c, const Pending *k) {
         uint64_t s = c->slots[i];
         if (!s) break;
         if ((uint32_t)(s >> 32) == hash) {
-            size_t e = (uint32_t)s - 1;
-            if (same_key(c, e, k)) {
-                c->counts[e] += k->by;
+            Record *r = record_at(c, s);
+            if (same_key(r, k)) {
+                r->count += k->by;
                 return 0;
             }
         }
@@ -205,31 +185,54 @@ static int insert(Table *c, const Pending *k) {
         if (table_grow(c) < 0) return -1;
         return insert(c, k);
     }
-    if (reserve(c, k->n) < 0) return -1;
-    size_t e = c->used++;
-    memcpy(c->data + c->data_len, k->p, k->n);
-    c->data_len += k->n;
-    c->offsets[e + 1] = (int64_t)c->data_len;
-    c->counts[e] = k->by;
-    c->slots[i] = ((uint64_t)hash << 32) | (uint64_t)(e + 1);
+    size_t size = record_size(k->n);
+    if (c->arena_len + size + DATA_PAD > c->arena_cap) {
+        size_t cap = c->arena_cap ? 2 * c->arena_cap : 1 << 14;
+        while (cap < c->arena_len + size + DATA_PAD) cap *= 2;
+        uint8_t *arena = array_grow(c->arena, c->arena_cap, cap);
+        if (!arena) return -1;
+        c->arena = arena;
+        c->arena_cap = cap;
+    }
+    size_t words = c->arena_len / 8;
+    if (words >= UINT32_MAX) return -1; /* a slot holds a 32-bit place */
+    Record *r = (Record *)(c->arena + c->arena_len);
+    uint8_t *key = (uint8_t *)(r + 1);
+    r->count = k->by;
+    r->len = k->n;
+    memset(key + size - sizeof(Record) - 8, 0, 8 + DATA_PAD); /* padding, and what follows */
+    if (k->n <= KEY_INLINE) { /* the words already loaded, zero padded */
+        memcpy(key, &k->w0, 8);
+        memcpy(key + 8, &k->w1, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        uint64_t w0 = __builtin_bswap64(k->w0), w1 = __builtin_bswap64(k->w1);
+        memcpy(key, &w0, 8);
+        memcpy(key + 8, &w1, 8);
+#endif
+    } else {
+        memcpy(key, k->p, k->n);
+    }
+    c->arena_len += size;
+    c->key_bytes += k->n;
+    c->used++;
+    c->slots[i] = ((uint64_t)hash << 32) | (uint64_t)(words + 1);
     return 0;
 }
 
-/* A lookup in four steps, each STAGE domains after the one before, so that its memory reads
+/* A lookup in three steps, each STAGE domains after the one before, so that its memory reads
  * overlap with the scan of the lines in between rather than wait one after another: the
  * slot is prefetched when the domain is hashed; then the slots from there on are searched
- * for one of the same hash, and its entry (offset and count) prefetched; then its bytes;
- * then the domain is compared and counted (insert() looks it up again, from caches). */
-static inline void find_entry(Table *c, Pending *k) {
+ * for one of the same hash, and its record prefetched; then the domain is compared and
+ * counted (insert() looks it up again, from the caches). */
+static inline void find_record(Table *c, const Pending *k) {
     uint32_t hash = (uint32_t)k->h;
     size_t j = hash & c->mask;
     uint64_t s;
-    k->hit = 0;
     while ((s = c->slots[j])) {
         if ((uint32_t)(s >> 32) == hash) {
-            k->hit = (uint32_t)s;
-            PREFETCH(&c->offsets[k->hit - 1]);
-            PREFETCH(&c->counts[k->hit - 1]);
+            const uint8_t *r = (const uint8_t *)record_at(c, s);
+            PREFETCH(r);
+            PREFETCH(r + sizeof(Record) + 15); /* the line of the key's 16th byte */
             return;
         }
         j = (j + 1) & c->mask;
@@ -238,13 +241,9 @@ static inline void find_entry(Table *c, Pending *k) {
 
 static inline void step(Table *c) {
     size_t h = c->head;
-    if (c->pending > STAGE) find_entry(c, &c->ring[(h - STAGE - 1) % RING]);
+    if (c->pending > STAGE) find_record(c, &c->ring[(h - STAGE - 1) % RING]);
     if (c->pending > 2 * STAGE) {
-        const Pending *k = &c->ring[(h - 2 * STAGE - 1) % RING];
-        if (k->hit && k->hit <= c->used) PREFETCH(c->data + c->offsets[k->hit - 1]);
-    }
-    if (c->pending > 3 * STAGE) {
-        if (!c->nomem && insert(c, &c->ring[(h - 3 * STAGE - 1) % RING]) < 0) c->nomem = 1;
+        if (!c->nomem && insert(c, &c->ring[(h - 2 * STAGE - 1) % RING]) < 0) c->nomem = 1;
         c->pending--;
     }
 }
@@ -272,7 +271,6 @@ static inline void table_add(
         k.w1 = low_bytes(k.w1, n - 8);
     }
     k.h = hash_key(p, n, k.w0, k.w1, c->seed);
-    k.hit = 0;
     if (c->mask < SMALL_TABLE && !c->pending) { /* in the caches: no need for the steps */
         if (insert(c, &k) < 0) c->nomem = 1;
         return;
@@ -284,15 +282,48 @@ static inline void table_add(
     step(c);
 }
 
+/* The counts as the buffers of Arrow columns, in the order first met: the domains' bytes
+ * (DATA_PAD more readable), int64 offsets (one more than the domains) and int64 counts, each
+ * from array_grow with its capacity in bytes (*_cap); -1 when out of memory (nothing made). */
+typedef struct {
+    uint8_t *data;
+    int64_t *offsets, *counts;
+    size_t data_cap, offsets_cap, counts_cap;
+} Columns;
+
+static int table_columns(const Table *c, Columns *out) {
+    size_t n = c->used;
+    out->data_cap = c->key_bytes + DATA_PAD;
+    out->offsets_cap = (n + 1) * sizeof(int64_t);
+    out->counts_cap = (n ? n : 1) * sizeof(int64_t);
+    out->data = array_grow(NULL, 0, out->data_cap);
+    out->offsets = array_grow(NULL, 0, out->offsets_cap);
+    out->counts = array_grow(NULL, 0, out->counts_cap);
+    if (!out->data || !out->offsets || !out->counts) {
+        if (out->data) array_free(out->data, out->data_cap);
+        if (out->offsets) array_free(out->offsets, out->offsets_cap);
+        if (out->counts) array_free(out->counts, out->counts_cap);
+        return -1;
+    }
+    size_t at = 0, e = 0;
+    out->offsets[0] = 0;
+    for (size_t place = 0; place < c->arena_len; e++) {
+        const Record *r = (const Record *)(c->arena + place);
+        memcpy(out->data + at, r + 1, r->len);
+        at += r->len;
+        out->offsets[e + 1] = (int64_t)at;
+        out->counts[e] = r->count;
+        place += record_size(r->len);
+    }
+    memset(out->data + at, 0, DATA_PAD);
+    return 0;
+}
+
 static void table_free(Table *c) {
     if (c->slots) slots_free(c->slots, c->mask + 1);
-    array_free(c->data, c->data_cap);
-    array_free(c->offsets, c->offsets_cap);
-    array_free(c->counts, c->counts_cap);
+    array_free(c->arena, c->arena_cap);
     c->slots = NULL;
-    c->data = NULL;
-    c->offsets = NULL;
-    c->counts = NULL;
+    c->arena = NULL;
 }
 
 #endif
