@@ -318,16 +318,8 @@ static PyObject *Counter_merge(Counter *self, PyObject *args) {
         goto done;
     }
     const uint8_t *bytes = data.buf, *limit = bytes + data.len;
-    int32_t *at = malloc((rows + 1) * sizeof(int32_t));
-    int64_t *by = malloc((rows ? rows : 1) * sizeof(int64_t));
-    if (!at || !by) {
-        free(at);
-        free(by);
-        PyErr_NoMemory();
-        goto done;
-    }
-    memcpy(at, offsets.buf, (rows + 1) * sizeof(int32_t));
-    memcpy(by, counts.buf, rows * sizeof(int64_t));
+    const int32_t *at = offsets.buf;
+    const int64_t *by = counts.buf;
     uint64_t total = 0;
     for (size_t i = 0; i < rows && !bad; i++) { /* the whole partial is checked first */
         if (at[i] < 0 || at[i + 1] <= at[i] || at[i + 1] > data.len) {
@@ -340,14 +332,18 @@ static PyObject *Counter_merge(Counter *self, PyObject *args) {
         self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
         for (size_t i = 0; i < rows; i++) {
-            table_add(&self->table, bytes + at[i], (size_t)(at[i + 1] - at[i]), limit, by[i]);
+            /* each number read once and checked again: the buffers are not ours while the
+             * GIL is released, and what another thread writes must not lead out of them */
+            int32_t from = at[i], to = at[i + 1];
+            int64_t n = by[i];
+            if (from >= 0 && to > from && to <= data.len && n > 0) {
+                table_add(&self->table, bytes + from, (size_t)(to - from), limit, n);
+            }
         }
         if (self->table.pending) flush(&self->table);
         Py_END_ALLOW_THREADS
         self->busy = 0;
     }
-    free(at);
-    free(by);
     if (bad) {
         PyErr_Format(PyExc_ValueError, "malformed partial: %s", bad);
     } else if (self->table.nomem) {
