@@ -216,7 +216,10 @@ def test_take_hands_over_the_buffers_and_starts_again() -> None:
     counter = NATIVE.Counter(None, 7)
     data = b"1\thttp://a.ru/\n2\thttps://" + b"b" * 30 + b".ru/x\n3\ta.ru\n"
     counter.add(data, 0, len(data), 100)
+    kept = [bytes(b) for b in counter.columns()]  # the same buffers, the counter going on
+    assert counter.counts() == {b"a.ru": 2, b"b" * 30 + b".ru": 1}
     keys, offsets, counts = counter.take()
+    assert kept == [bytes(keys), bytes(offsets), bytes(counts)]
     assert bytes(keys) == b"a.ru" + b"b" * 30 + b".ru"  # in the order first met
     assert np.frombuffer(offsets, np.int64).tolist() == [0, 4, 37]
     assert np.frombuffer(counts, np.int64).tolist() == [2, 1]

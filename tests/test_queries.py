@@ -156,6 +156,17 @@ def test_the_c_merge_refuses_what_the_check_would() -> None:
     assert merger.finalize().rows == [(b"b", 2)]
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_merger_goes_on_after_a_finalize(native: bool) -> None:
+    """A running total (tally serve --watch) is finalized after each object, then more are
+    added: nothing merged before may be lost."""
+    merger = merged(QuerySpec("all"), [{b"a": 2, b"b": 1}], 1, native)
+    assert merger.finalize().rows == [(b"a", 2), (b"b", 1)]
+    merger.add(table([b"b", b"c"], [2, 1]), 3, 0)
+    assert merger.finalize().rows == [(b"b", 3), (b"a", 2), (b"c", 1)]
+    assert merger.finalize().rows == [(b"b", 3), (b"a", 2), (b"c", 1)]
+
+
 def test_a_merge_that_would_overflow_is_refused() -> None:
     merger = DomainMerger(ALL)
     merger.add(table([b"a"], [(1 << 62) - 1]), (1 << 62) - 1, 0)

@@ -443,9 +443,9 @@ static PyObject *block(void *p, size_t len, size_t cap) {
 }
 
 /* (data, offsets, counts): the domains' bytes, where each starts (int64, one more than
- * the domains) and each one's count (int64), in the order first met; the counter is empty
- * afterwards. */
-static PyObject *Counter_take(Counter *self, PyObject *Py_UNUSED(ignored)) {
+ * the domains) and each one's count (int64), in the order first met; with reset, the
+ * counter is empty afterwards (its memory released), else it goes on as it was. */
+static PyObject *columns(Counter *self, int reset) {
     if (check_ready(self) < 0) return NULL;
     if (self->only) {
         PyErr_SetString(PyExc_RuntimeError, "take() is for counting every domain: counts()");
@@ -455,10 +455,12 @@ static PyObject *Counter_take(Counter *self, PyObject *Py_UNUSED(ignored)) {
     Columns out;
     if (table_columns(t, &out) < 0) return PyErr_NoMemory();
     size_t used = t->used, data_len = t->key_bytes;
-    uint64_t seed = t->seed;
-    table_free(t);
-    if (table_init(t, 1 << 10) < 0) t->slots = NULL; /* then refused as not initialised */
-    t->seed = seed;
+    if (reset) {
+        uint64_t seed = t->seed;
+        table_free(t);
+        if (table_init(t, 1 << 10) < 0) t->slots = NULL; /* then refused as not initialised */
+        t->seed = seed;
+    }
     PyObject *d = block(out.data, data_len, out.data_cap);
     PyObject *o = block(out.offsets, (used + 1) * sizeof(int64_t), out.offsets_cap);
     PyObject *n = block(out.counts, used * sizeof(int64_t), out.counts_cap);
@@ -467,6 +469,14 @@ static PyObject *Counter_take(Counter *self, PyObject *Py_UNUSED(ignored)) {
     Py_XDECREF(o);
     Py_XDECREF(n);
     return result;
+}
+
+static PyObject *Counter_take(Counter *self, PyObject *Py_UNUSED(ignored)) {
+    return columns(self, 1);
+}
+
+static PyObject *Counter_columns(Counter *self, PyObject *Py_UNUSED(ignored)) {
+    return columns(self, 0);
 }
 
 static PyMethodDef Counter_methods[] = {
@@ -481,6 +491,8 @@ static PyMethodDef Counter_methods[] = {
     {"take", (PyCFunction)Counter_take, METH_NOARGS,
      "take() -> (data, offsets, counts): the counts as Arrow buffers (int64 offsets and "
      "counts), handed over without a copy; the counter starts again from nothing"},
+    {"columns", (PyCFunction)Counter_columns, METH_NOARGS,
+     "columns() -> (data, offsets, counts): as take(), the counter going on as it was"},
     {NULL, NULL, 0, NULL},
 };
 

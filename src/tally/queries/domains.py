@@ -152,8 +152,8 @@ class DomainMerger:
             raise ProtocolError(str(exc)) from exc
 
     def _compact(self) -> pa.Table:
-        if self._counter is not None:
-            return arrow_table(*self._counter.take()) or SCHEMA.empty_table()
+        if self._counter is not None:  # the merger may go on after a finalize
+            return arrow_table(*self._counter.columns()) or SCHEMA.empty_table()
         # chunked columns: no concatenation, so no 2 GiB limit on 32-bit binary offsets, and
         # hashing binary is several times faster than large_binary
         table = pa.table(
