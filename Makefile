@@ -46,8 +46,8 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,report,peers]'
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python -m pip install --quiet -e '.[dev,report,peers,spark]'
+	$(BIN)/python bench/throughput.py --spark
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/kernel_speed.py
 	$(BIN)/python bench/tpch.py

@@ -181,13 +181,21 @@ def encode_partial(keys: bytes, ends: bytes, counts: bytes) -> bytes:
 
 
 def partial_fast(path: str) -> bytes:
-    """Tally's fast kernel and its wire partial (``pack``) for one partition."""
+    """Tally's fast kernel for one partition; its partial table's buffers, compacted."""
+    import numpy as np
+
     from tally.kernels.fast import count_domains
-    from tally.queries import pack
 
     with open(path, "rb") as stream:
-        partial = pack(count_domains(stream))
-    return encode_partial(partial.keys, partial.ends, partial.counts)
+        table = count_domains(stream).table
+    if table is None:
+        return encode_partial(b"", b"", b"")
+    keys, n = table["key"].combine_chunks(), table["n"].combine_chunks()
+    at = np.frombuffer(keys.buffers()[1], np.int32)[keys.offset : keys.offset + len(keys) + 1]
+    data = keys.buffers()[2].to_pybytes()[at[0] : at[-1]]
+    counts = np.frombuffer(n.buffers()[1], np.int64)[n.offset : n.offset + len(n)]
+    ends = (at[1:] - at[0]).astype("<u4")
+    return encode_partial(data, ends.tobytes(), counts.astype("<i8").tobytes())
 
 
 def partial_polars(path: str) -> bytes:

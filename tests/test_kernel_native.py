@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tally.kernels import fast, reference
-from test_kernel_fast import FUZZ, NATIVE, built_extension, partitions
+from tally.kernels import DomainCounts, arrow_table, fast, reference
+from test_kernel_fast import FUZZ, NATIVE, built_extension, partitions, table_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILER = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
@@ -204,3 +205,106 @@ def test_counter_misuse_is_refused() -> None:
 def test_built_extension_matches_what_fast_loaded() -> None:
     if os.environ.get("TALLY_NATIVE") != "0":
         assert built_extension() is fast._native
+
+
+# -- the partial as Arrow buffers, and the merge --------------------------------------------
+
+
+@needs_native
+def test_take_hands_over_the_buffers_and_starts_again() -> None:
+    assert NATIVE is not None
+    counter = NATIVE.Counter(None, 7)
+    data = b"1\thttp://a.ru/\n2\thttps://" + b"b" * 30 + b".ru/x\n3\ta.ru\n"
+    counter.add(data, 0, len(data), 100)
+    kept = [bytes(b) for b in counter.columns()]  # the same buffers, the counter going on
+    assert counter.counts() == {b"a.ru": 2, b"b" * 30 + b".ru": 1}
+    keys, offsets, counts = counter.take()
+    assert kept == [bytes(keys), bytes(offsets), bytes(counts)]
+    assert bytes(keys) == b"a.ru" + b"b" * 30 + b".ru"  # in the order first met
+    assert np.frombuffer(offsets, np.int64).tolist() == [0, 4, 37]
+    assert np.frombuffer(counts, np.int64).tolist() == [2, 1]
+    assert counter.counts() == {}
+    assert [bytes(b) for b in counter.take()] == [b"", bytes(8), b""]
+    counter.add(b"1\tc.ru\n", 0, 7, 100)  # the counter goes on, from nothing
+    assert counter.counts() == {b"c.ru": 1}
+    table = arrow_table(keys, offsets, counts)  # wrapped without a copy
+    del keys, offsets, counts, counter
+    assert table is not None
+    assert table.to_pydict() == {"key": [b"a.ru", b"b" * 30 + b".ru"], "n": [2, 1]}
+    with pytest.raises(RuntimeError):
+        NATIVE.Counter(b"a.ru").take()
+
+
+@needs_native
+@given(
+    partials=st.lists(
+        st.dictionaries(st.binary(min_size=1, max_size=40), st.integers(1, 1 << 40), max_size=50),
+        max_size=6,
+    ),
+    offset=st.integers(0, 3),
+)
+def test_merge_adds_partials(partials: list[dict[bytes, int]], offset: int) -> None:
+    """A sliced column (offsets not from 0) too; the result is the sum, as Arrow buffers."""
+    assert NATIVE is not None
+    counter = NATIVE.Counter(None, 3)
+    total: dict[bytes, int] = {}
+    for counts in partials:
+        keys = [b"pad"] * offset + list(counts)
+        ends = np.cumsum([0, *map(len, keys)]).astype(np.int32)
+        n = np.array(list(counts.values()), np.int64)
+        assert counter.merge(b"".join(keys), ends[offset:], n) == len(counts)
+        for key, value in counts.items():
+            total[key] = total.get(key, 0) + value
+    assert counter.counts() == total
+    table = arrow_table(*counter.take())
+    got = table_counts(table)
+    assert got == total
+
+
+@needs_native
+def test_merge_refuses_malformed_buffers_and_changes_nothing() -> None:
+    assert NATIVE is not None
+    counter = NATIVE.Counter(None, 3)
+    one = np.array([1], np.int64)
+    counter.merge(b"a", np.array([0, 1], np.int32), one)
+    bad = [
+        (b"ab", np.array([0, 1, 2], np.int32), one),  # offsets and counts disagree
+        (b"ab", np.array([0, 3], np.int32), one),  # past the data
+        (b"ab", np.array([1, 1], np.int32), one),  # empty
+        (b"ab", np.array([2, 1], np.int32), one),
+        (b"ab", np.array([-1, 1], np.int32), one),
+        (b"ab", np.array([0, 1], np.int32), np.array([0], np.int64)),  # a count below 1
+        (b"ab", np.array([0, 1, 2], np.int32), np.array([1 << 61, 1 << 61], np.int64)),
+        (b"ab", np.array([0, 1], np.int32), b"1234567"),  # not int64
+    ]
+    for data, offsets, counts in bad:
+        with pytest.raises(ValueError):
+            counter.merge(data, offsets, counts)
+    assert counter.counts() == {b"a": 1}
+    with pytest.raises(RuntimeError):
+        NATIVE.Counter(b"a").merge(b"a", np.array([0, 1], np.int32), one)
+
+
+def test_arrow_table_splits_what_one_binary_array_cannot_hold() -> None:
+    """Past 2 GiB of domain bytes the table has several chunks (the limit made small here)."""
+    keys = [b"a" * 5, b"b" * 3, b"c", b"d" * 7]
+    ends = np.cumsum([0, *map(len, keys)]).astype(np.int64)
+    counts = np.arange(1, 5, dtype=np.int64)
+    with mock.patch("tally.kernels.MAX_BINARY", 8):
+        table = arrow_table(b"".join(keys) + bytes(16), ends, counts)
+    assert table is not None
+    assert [len(chunk) for chunk in table["key"].chunks] == [2, 2]  # 8 bytes each
+    assert table.to_pydict() == {"key": keys, "n": [1, 2, 3, 4]}
+    assert arrow_table(b"", np.zeros(1, np.int64), b"") is None
+
+
+def test_domain_counts_in_either_form() -> None:
+    table = arrow_table(b"a.rub.ru", np.array([0, 4, 8]), np.array([3, 1]))
+    counts = DomainCounts(lines=5, malformed=1, table=table)
+    assert counts.table is table
+    assert counts == DomainCounts({b"a.ru": 3, b"b.ru": 1}, 5, 1)
+    counts.counts[b"c.ru"] = 2  # the dict is now the truth, and the table follows it
+    assert counts.table is not None
+    assert counts.table.to_pydict() == {"key": [b"a.ru", b"b.ru", b"c.ru"], "n": [3, 1, 2]}
+    assert DomainCounts().table is None
+    assert DomainCounts(table=None).counts == {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from unittest import mock
 
 import pyarrow as pa
 import pytest
@@ -22,8 +23,15 @@ KEYS = st.binary(min_size=1, max_size=6) | st.sampled_from([b"go.mail", "янд�
 PARTIALS = st.lists(st.dictionaries(KEYS, st.integers(1, 1000), max_size=20), max_size=12)
 
 
-def merged(query: QuerySpec, partials: list[dict[bytes, int]], compact_rows: int) -> DomainMerger:
-    merger = DomainMerger(query, compact_rows=compact_rows)
+def merged(
+    query: QuerySpec, partials: list[dict[bytes, int]], compact_rows: int, native: bool = True
+) -> DomainMerger:
+    """Merged through the C table (``native``, where it is built) or by Arrow group-bys."""
+    if native:
+        merger = DomainMerger(query, compact_rows=compact_rows)
+    else:
+        with mock.patch("tally.kernels.fast.load_native", lambda: None):
+            merger = DomainMerger(query, compact_rows=compact_rows)
     for i, counts in enumerate(partials):
         table = from_ipc(to_ipc(to_table(DomainCounts(dict(counts)))))  # through the wire form
         merger.add(table, i + sum(counts.values()), i)
@@ -31,18 +39,19 @@ def merged(query: QuerySpec, partials: list[dict[bytes, int]], compact_rows: int
 
 
 @settings(max_examples=200, deadline=None)
-@given(PARTIALS, st.integers(0, 40), st.integers(1, 30))
+@given(PARTIALS, st.integers(0, 40), st.integers(1, 30), st.booleans())
 def test_merge_equals_the_sum_in_the_documented_order(
-    partials: list[dict[bytes, int]], compact_rows: int, k: int
+    partials: list[dict[bytes, int]], compact_rows: int, k: int, native: bool
 ) -> None:
     total: Counter[bytes] = Counter()
     for counts in partials:
         total.update(counts)
     expected = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
-    result = merged(QuerySpec("all"), partials, compact_rows).finalize()
+    result = merged(QuerySpec("all"), partials, compact_rows, native).finalize()
     assert result.rows == expected
     assert result.malformed == sum(range(len(partials)))
-    top = merged(QuerySpec("top", k=k), list(reversed(partials)), compact_rows).finalize()
+    top = merged(QuerySpec("top", k=k), list(reversed(partials)), compact_rows, native)
+    top = top.finalize()
     assert top.rows == expected[:k]
 
 
@@ -116,6 +125,46 @@ def test_honest_partials_pass_the_check_and_garbage_is_not_arrow() -> None:
     kind_of(ALL).check(ALL, None, 2, 2)
     with pytest.raises(ProtocolError, match="not an Arrow IPC stream"):
         from_ipc(b"\x00garbage")
+
+
+def test_many_distinct_domains_merge_alike_in_c_and_in_arrow() -> None:
+    """Partials of 20,000 domains each, half of them shared: the C table and the Arrow
+    group-bys give the same rows, and so does the top 10 (ties broken by domain)."""
+    partials = [
+        {b"d%d.ru" % (j + 10_000 * i): 1 + (j % 5) for j in range(20_000)} for i in range(6)
+    ]
+    total: Counter[bytes] = Counter()
+    for counts in partials:
+        total.update(counts)
+    expected = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
+    for native in (True, False):
+        assert merged(QuerySpec("all"), partials, 1 << 12, native).finalize().rows == expected
+        top = merged(QuerySpec("top", k=10), partials, 1 << 12, native).finalize()
+        assert top.rows == expected[:10]
+
+
+def test_the_c_merge_refuses_what_the_check_would() -> None:
+    """Nulls and counts below 1 are refused by the merge itself too, as a ProtocolError."""
+    merger = DomainMerger(ALL)
+    if merger._counter is None:
+        pytest.skip("the C extension is not built here")
+    with pytest.raises(ProtocolError, match="null"):
+        merger.add(pa.table({"key": pa.array([None], pa.binary()), "n": [1]}), 1, 0)
+    with pytest.raises(ProtocolError, match="count below 1"):
+        merger.add(table([b"a"], [0]), 1, 1)
+    merger.add(table([b"a", b"b"], [1, 2]).slice(1), 2, 0)  # a slice: offsets not from 0
+    assert merger.finalize().rows == [(b"b", 2)]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_merger_goes_on_after_a_finalize(native: bool) -> None:
+    """A running total (tally serve --watch) is finalized after each object, then more are
+    added: nothing merged before may be lost."""
+    merger = merged(QuerySpec("all"), [{b"a": 2, b"b": 1}], 1, native)
+    assert merger.finalize().rows == [(b"a", 2), (b"b", 1)]
+    merger.add(table([b"b", b"c"], [2, 1]), 3, 0)
+    assert merger.finalize().rows == [(b"b", 3), (b"a", 2), (b"c", 1)]
+    assert merger.finalize().rows == [(b"b", 3), (b"a", 2), (b"c", 1)]
 
 
 def test_a_merge_that_would_overflow_is_refused() -> None:

@@ -13,13 +13,14 @@
  * 2. Scheme: the URL is searched for ':' followed by "//", 16 bytes at a time (one load for
  *    almost every URL, with any scheme; no branch on which scheme it is).
  * 3. Domain end: the first '/' after the domain's start, 16 bytes at a time, or the URL end.
- * 4. Counting: an open-addressing hash table (linear probing, 32-byte slots, at most a
- *    quarter full up to 1 MiB, half beyond) keyed by the domain's bytes: a domain of up to
- *    16 bytes is kept in its slot with its count, a longer one in an arena record with its
- *    count, and its first 8 bytes in the slot. Once the table outgrows the caches, domains
- *    are hashed in batches and their slots prefetched before any is looked up, so lookups
- *    cost overlapping memory reads rather than one miss after another; a table of several
- *    MiB is mapped in huge pages.
+ * 4. Counting: each distinct domain is a record (count, length, bytes) in an arena, indexed
+ *    by an open-addressing hash table of 8-byte slots (the hash's low half and the record's
+ *    place; linear probing, at most half full up to 256 KiB, three quarters beyond). Once
+ *    the table outgrows the caches, each domain's slot, then its record, is prefetched some
+ *    lines ahead of its compare, so lookups cost overlapping memory reads rather than one
+ *    miss after another; large arrays are mapped in huge pages. take() writes the partial
+ *    as the buffers of Arrow columns in one pass over the arena and hands them to Python
+ *    as they are: no object is made per domain.
  *
  * Bytes are compared exactly; the bytes after a run are never read past the buffer's end.
  * The GIL is released while a run is scanned (the buffer stays exported, so it cannot move).
@@ -30,7 +31,7 @@
 
 #include "_native_table.h"
 
-#define NATIVE_ABI 1 /* bumped whenever the Python side must change with this file */
+#define NATIVE_ABI 2 /* bumped whenever the Python side must change with this file */
 #ifndef NATIVE_SOURCE
 #define NATIVE_SOURCE "unknown" /* setup.py passes the start of the sources' SHA-256 */
 #endif
@@ -118,7 +119,7 @@ static void emit(Counter *c, const uint8_t *p, size_t n, const uint8_t *limit) {
             c->only_hits++;
         return;
     }
-    table_add(&c->table, p, n, limit);
+    table_add(&c->table, p, n, limit, 1);
 }
 
 /* -- lines ------------------------------------------------------------------------------ */
@@ -215,11 +216,13 @@ static Lines scan(
 }
 
 static int Counter_init(Counter *self, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"only", "seed", "portable", NULL};
+    static char *names[] = {"only", "seed", "portable", "expect", NULL};
     PyObject *only = Py_None;
     unsigned long long seed = 0;
     int portable = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OKp", names, &only, &seed, &portable))
+    Py_ssize_t expect = 0;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "|OKpn", names, &only, &seed, &portable, &expect))
         return -1;
     if (only != Py_None && !PyBytes_Check(only)) {
         PyErr_SetString(PyExc_TypeError, "only must be bytes or None");
@@ -229,7 +232,8 @@ static int Counter_init(Counter *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_RuntimeError, "Counter is already initialised");
         return -1;
     }
-    if (table_init(&self->table, 1 << 10) < 0) {
+    size_t slots = table_size(only == Py_None && expect > 0 ? (size_t)expect : 0);
+    if (table_init(&self->table, slots) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -292,6 +296,68 @@ static PyObject *Counter_add(Counter *self, PyObject *args) {
     return Py_BuildValue("KK", (unsigned long long)out.lines, (unsigned long long)out.malformed);
 }
 
+/* merge(data, offsets, counts): add a partial's counts, an Arrow binary column's buffers
+ * (int32 offsets, one more than the rows, from 0 or any start) and int64 counts. Every key
+ * must lie in the data and be non-empty, every count at least 1 and their total below 2**62
+ * (ValueError, and the counter unchanged, otherwise); what a domain may hold is for the
+ * partial's check (tally.queries.domains). */
+static PyObject *Counter_merge(Counter *self, PyObject *args) {
+    Py_buffer data, offsets, counts;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &data, &offsets, &counts)) return NULL;
+    PyObject *result = NULL;
+    const char *bad = NULL;
+    if (check_ready(self) < 0) goto done;
+    if (self->only) {
+        PyErr_SetString(PyExc_RuntimeError, "merge() is for counting every domain");
+        goto done;
+    }
+    size_t rows = (size_t)counts.len / sizeof(int64_t);
+    if (counts.len % (Py_ssize_t)sizeof(int64_t) || offsets.len % (Py_ssize_t)sizeof(int32_t) ||
+        (size_t)offsets.len / sizeof(int32_t) != rows + 1) {
+        PyErr_SetString(PyExc_ValueError, "need int32 offsets, one more than the int64 counts");
+        goto done;
+    }
+    const uint8_t *bytes = data.buf, *limit = bytes + data.len;
+    const int32_t *at = offsets.buf;
+    const int64_t *by = counts.buf;
+    uint64_t total = 0;
+    for (size_t i = 0; i < rows && !bad; i++) { /* the whole partial is checked first */
+        if (at[i] < 0 || at[i + 1] <= at[i] || at[i + 1] > data.len) {
+            bad = "a domain outside the data, or empty";
+        } else if (by[i] < 1 || (total += (uint64_t)by[i]) >= ((uint64_t)1 << 62)) {
+            bad = "a count below 1, or a total past 2**62";
+        }
+    }
+    if (!bad) {
+        self->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        for (size_t i = 0; i < rows; i++) {
+            /* each number read once and checked again: the buffers are not ours while the
+             * GIL is released, and what another thread writes must not lead out of them */
+            int32_t from = at[i], to = at[i + 1];
+            int64_t n = by[i];
+            if (from >= 0 && to > from && to <= data.len && n > 0) {
+                table_add(&self->table, bytes + from, (size_t)(to - from), limit, n);
+            }
+        }
+        if (self->table.pending) flush(&self->table);
+        Py_END_ALLOW_THREADS
+        self->busy = 0;
+    }
+    if (bad) {
+        PyErr_Format(PyExc_ValueError, "malformed partial: %s", bad);
+    } else if (self->table.nomem) {
+        PyErr_NoMemory();
+    } else {
+        result = PyLong_FromSize_t(rows);
+    }
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&counts);
+    return result;
+}
+
 /* result[key] = count; on failure, result is released and -1 returned. */
 static int put_count(PyObject *result, const uint8_t *key, size_t n, uint64_t count) {
     PyObject *k = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)n);
@@ -320,22 +386,97 @@ static PyObject *Counter_counts(Counter *self, PyObject *Py_UNUSED(ignored)) {
         return result;
     }
     const Table *t = &self->table;
-    for (size_t i = 0; i <= t->mask; i++) { /* keys of up to 16 bytes, from the slots */
-        const Slot *s = &t->slots[i];
-        if (!s->count || s->len > KEY_INLINE) continue;
-        uint8_t bytes[16];
-        uint64_t w[2] = {s->w0, s->w1};
-        for (int k = 0; k < 16; k++) bytes[k] = (uint8_t)(w[k / 8] >> (8 * (k % 8)));
-        if (put_count(result, bytes, s->len, s->count) < 0) return NULL;
-    }
-    for (size_t at = 0; at < t->arena_len;) { /* longer keys, from the arena in order */
-        const Record *r = (const Record *)(t->arena + at);
-        if (put_count(result, (const uint8_t *)(r + 1), (size_t)r->len, r->count) < 0) {
+    for (size_t place = 0; place < t->arena_len;) { /* the records, in the order first met */
+        const Record *r = (const Record *)(t->arena + place);
+        if (put_count(result, (const uint8_t *)(r + 1), r->len, (uint64_t)r->count) < 0) {
             return NULL;
         }
-        at += record_size((size_t)r->len);
+        place += record_size(r->len);
     }
     return result;
+}
+
+/* -- the partial's buffers -------------------------------------------------------------- */
+
+/* A block of memory handed over from the table, exported read-only through the buffer
+ * protocol (pyarrow and NumPy wrap it without a copy) and freed with its last reference. */
+typedef struct {
+    PyObject_HEAD
+    void *p;
+    Py_ssize_t len;
+    size_t cap; /* bytes allocated (array_grow) */
+} Block;
+
+static int Block_getbuffer(Block *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->p, self->len, 1, flags);
+}
+
+static void Block_dealloc(Block *self) {
+    array_free(self->p, self->cap);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyBufferProcs Block_as_buffer = {(getbufferproc)Block_getbuffer, NULL};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tally.kernels._native.Block",
+    .tp_doc = "Memory handed over by Counter.take(), read through the buffer protocol",
+    .tp_basicsize = sizeof(Block),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Block_dealloc,
+    .tp_as_buffer = &Block_as_buffer,
+};
+
+/* A Block owning the array p of cap bytes, len of them in use (released here if the Block
+ * cannot be made). */
+static PyObject *block(void *p, size_t len, size_t cap) {
+    Block *b = PyObject_New(Block, &BlockType);
+    if (!b) {
+        array_free(p, cap);
+        return NULL;
+    }
+    b->p = p;
+    b->len = (Py_ssize_t)len;
+    b->cap = cap;
+    return (PyObject *)b;
+}
+
+/* (data, offsets, counts): the domains' bytes, where each starts (int64, one more than
+ * the domains) and each one's count (int64), in the order first met; with reset, the
+ * counter is empty afterwards (its memory released), else it goes on as it was. */
+static PyObject *columns(Counter *self, int reset) {
+    if (check_ready(self) < 0) return NULL;
+    if (self->only) {
+        PyErr_SetString(PyExc_RuntimeError, "take() is for counting every domain: counts()");
+        return NULL;
+    }
+    Table *t = &self->table;
+    Columns out;
+    if (table_columns(t, &out) < 0) return PyErr_NoMemory();
+    size_t used = t->used, data_len = t->key_bytes;
+    if (reset) {
+        uint64_t seed = t->seed;
+        table_free(t);
+        if (table_init(t, 1 << 10) < 0) t->slots = NULL; /* then refused as not initialised */
+        t->seed = seed;
+    }
+    PyObject *d = block(out.data, data_len, out.data_cap);
+    PyObject *o = block(out.offsets, (used + 1) * sizeof(int64_t), out.offsets_cap);
+    PyObject *n = block(out.counts, used * sizeof(int64_t), out.counts_cap);
+    PyObject *result = d && o && n ? PyTuple_Pack(3, d, o, n) : NULL;
+    Py_XDECREF(d);
+    Py_XDECREF(o);
+    Py_XDECREF(n);
+    return result;
+}
+
+static PyObject *Counter_take(Counter *self, PyObject *Py_UNUSED(ignored)) {
+    return columns(self, 1);
+}
+
+static PyObject *Counter_columns(Counter *self, PyObject *Py_UNUSED(ignored)) {
+    return columns(self, 0);
 }
 
 static PyMethodDef Counter_methods[] = {
@@ -344,6 +485,14 @@ static PyMethodDef Counter_methods[] = {
      "buffer[begin:end]"},
     {"counts", (PyCFunction)Counter_counts, METH_NOARGS,
      "counts() -> dict: every domain counted so far and its number of lines"},
+    {"merge", (PyCFunction)Counter_merge, METH_VARARGS,
+     "merge(data, offsets, counts) -> rows: add a partial's counts (the buffers of an Arrow "
+     "binary column, int32 offsets, and of its int64 counts)"},
+    {"take", (PyCFunction)Counter_take, METH_NOARGS,
+     "take() -> (data, offsets, counts): the counts as Arrow buffers (int64 offsets and "
+     "counts), handed over without a copy; the counter starts again from nothing"},
+    {"columns", (PyCFunction)Counter_columns, METH_NOARGS,
+     "columns() -> (data, offsets, counts): as take(), the counter going on as it was"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -365,7 +514,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&CounterType) < 0) return NULL;
+    if (PyType_Ready(&CounterType) < 0 || PyType_Ready(&BlockType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&CounterType);

@@ -8,6 +8,9 @@
 #include <string.h>
 
 #if defined(__linux__)
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* mremap */
+#endif
 #include <sys/mman.h>
 #endif
 
@@ -55,6 +58,69 @@ static inline void load128_safe(
     }
     *w0 = load64(from);
     *w1 = load64(from + 8);
+}
+
+/* -- growing arrays ----------------------------------------------------------------------- */
+
+#define MAPPED (1 << 20) /* bytes: an array this large is mapped, not taken from the heap */
+
+/* Memory for the arrays of the hash table, grown from cap to more bytes (cap 0: a new one).
+ * On Linux an array of MAPPED bytes or more is a mapping of its own, aligned to 2 MiB and
+ * in huge pages where the system allows (a large array is then faulted in, and looked up,
+ * with few TLB misses); it grows by moving the pages written so far into a larger mapping
+ * (mremap: no copy, no second fault). Elsewhere, and below MAPPED, it is realloc. NULL when
+ * out of memory (the old array is then kept). */
+#if defined(__linux__) && defined(MREMAP_MAYMOVE) && defined(MREMAP_FIXED)
+#define MAP_ARRAYS 1
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/* n zeroed bytes at an address aligned to HUGE_PAGE, or NULL. */
+static void *map_aligned(size_t n) {
+    uint8_t *p = mmap(NULL, n + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                      -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uint8_t *at = (uint8_t *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+    if (at > p) munmap(p, (size_t)(at - p));
+    if (p + n + HUGE_PAGE > at + n) munmap(at + n, (size_t)(p + n + HUGE_PAGE - (at + n)));
+#if defined(MADV_HUGEPAGE)
+    madvise(at, n, MADV_HUGEPAGE);
+#endif
+    return at;
+}
+#else
+#define MAP_ARRAYS 0
+#endif
+
+static void *array_grow(void *p, size_t cap, size_t more) {
+#if MAP_ARRAYS
+    if (more >= MAPPED) {
+        void *q = map_aligned(more);
+        if (!q) return NULL;
+        if (cap >= MAPPED) {
+            if (mremap(p, cap, cap, MREMAP_MAYMOVE | MREMAP_FIXED, q) == MAP_FAILED) {
+                munmap(q, more);
+                return NULL;
+            }
+        } else if (cap) {
+            memcpy(q, p, cap);
+            free(p);
+        }
+        return q;
+    }
+#endif
+    return realloc(p, more);
+}
+
+/* Release an array of cap bytes made by array_grow. */
+static void array_free(void *p, size_t cap) {
+#if MAP_ARRAYS
+    if (cap >= MAPPED) {
+        munmap(p, cap);
+        return;
+    }
+#endif
+    (void)cap;
+    free(p);
 }
 
 /* The low n bytes of x (n <= 8). */

@@ -1,18 +1,32 @@
-/* The fast kernel's hash table: domain bytes -> number of lines (see _native.c, step 4). */
+/* The fast kernel's hash table: domain bytes -> number of lines (see _native.c, step 4).
+ *
+ * Each distinct domain is a record in an arena, in the order first met: its count, its
+ * length and its bytes, side by side, so that a domain seen again costs one read of its
+ * slot and one of its record. When the counting is done, one pass over the arena writes the
+ * partial as Arrow keeps a binary column and its counts (table_columns): the domains' bytes
+ * one after the other, where each starts (int64 offsets, one more than the domains) and
+ * each one's count (int64), which Python wraps without a copy.
+ *
+ * The index is an open-addressing table (linear probing) of 8-byte slots: the low half of
+ * the domain's hash (which also gives the slot) and the record's place in the arena (in
+ * 8-byte words, plus one); 0 is a free slot. Eight slots share a cache line, so a table of
+ * a million domains is 8 to 16 MiB, and growing it rehashes the slots alone (the hash is in
+ * them), never a domain's bytes. */
 
 #ifndef TALLY_NATIVE_TABLE_H
 #define TALLY_NATIVE_TABLE_H
 
 #include "_native_common.h"
 
-#ifndef BATCH
-#define BATCH 32 /* domains hashed and prefetched before they are looked up */
+#ifndef STAGE
+#define STAGE 16 /* domains between the steps of a lookup: slot, entry, bytes, compare */
 #endif
+#define RING (4 * STAGE) /* domains on their way through the steps */
 #define KEY_INLINE 16
-#define HUGE_TABLE (4 << 20) /* bytes: a table this large is mapped in huge pages */
-#define SPARSE_TABLE (1 << 15) /* slots (1 MiB): up to this size, probes are kept short */
+#define DATA_PAD 16          /* readable bytes after the last domain: 16-byte loads */
+#define SPARSE_TABLE (1 << 15) /* slots (256 KiB): up to this size, at most half full */
 #ifndef SMALL_TABLE
-#define SMALL_TABLE (1 << 16) /* slots (2 MiB): a smaller table is looked up line by line */
+#define SMALL_TABLE (1 << 17) /* slots (1 MiB): a smaller table is looked up line by line */
 #endif
 
 /* -- hashing ---------------------------------------------------------------------------- */
@@ -44,9 +58,9 @@ static inline uint64_t hash_key(
     return h;
 }
 
-/* Whether the n > 16 bytes at a and b are equal, given that their first 8 are. */
+/* Whether the n > 16 bytes at a and b are equal, given that their first 16 are. */
 static inline int same_tail(const uint8_t *a, const uint8_t *b, size_t n) {
-    size_t i = 8;
+    size_t i = 16;
     for (; i + 8 < n; i += 8) {
         if (load64(a + i) != load64(b + i)) return 0;
     }
@@ -56,170 +70,197 @@ static inline int same_tail(const uint8_t *a, const uint8_t *b, size_t n) {
 /* -- the table -------------------------------------------------------------------------- */
 
 typedef struct {
-    uint64_t w0, w1; /* up to 16 bytes: the key, zero padded; longer: 8 bytes, arena offset */
-    uint32_t len;
-    uint32_t hash;  /* the hash's low half: the slot's index, also when the table grows */
-    uint64_t count; /* 0: a free slot; 1 for a key over 16 bytes (counted in its record) */
-} Slot;
+    const uint8_t *p;
+    size_t n;
+    uint64_t w0, w1, h; /* the first 16 bytes, zero padded past n; the hash */
+    int64_t by;         /* lines to add: 1 for a line, a partial's count when merging */
+} Pending;
 
-/* A key over 16 bytes in the arena: this header, its bytes, zeros up to a multiple of 8.
- * Its count is kept here, beside the bytes it is compared with, so that the counts can be
- * read in the order the keys were met, one arena page after the other. */
+/* A domain in the arena: this header, its bytes, zeros up to a multiple of 8. */
 typedef struct {
-    uint64_t count;
+    int64_t count;
     uint64_t len;
 } Record;
 
 typedef struct {
-    const uint8_t *p;
-    size_t n;
-    uint64_t w0, w1, h;
-} Pending;
-
-typedef struct {
-    Slot *slots;
-    size_t mask; /* slots - 1, a power of two less one */
-    size_t used;
-    uint8_t *arena; /* the records of the keys over 16 bytes */
+    uint64_t *slots; /* hash low half << 32 | record's place in 8-byte words + 1; 0: free */
+    size_t mask;     /* slots - 1, a power of two less one */
+    size_t used;     /* records: distinct domains */
+    uint8_t *arena;  /* the records, DATA_PAD readable bytes after the last */
     size_t arena_len, arena_cap;
+    size_t key_bytes; /* the domains' bytes, all told */
     uint64_t seed;
     int nomem; /* an allocation failed: the counts are incomplete */
-    size_t pending;
-    Pending batch[BATCH];
+    size_t pending, head; /* domains in the ring; the next one's place */
+    Pending ring[RING];
 } Table;
 
-/* Zeroed memory for n slots. A large table is mapped with transparent huge pages where the
- * system has them: its first writes then fault once per 2 MiB, not once per 4 KiB. */
-static Slot *slots_alloc(size_t n) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    size_t bytes = n * sizeof(Slot);
-    if (bytes >= HUGE_TABLE) {
-        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) return NULL;
-        madvise(p, bytes, MADV_HUGEPAGE);
-        return p;
-    }
-#endif
-    return calloc(n, sizeof(Slot));
+/* Zeroed memory for n slots (a large table in huge pages: see array_grow). */
+static uint64_t *slots_alloc(size_t n) {
+    return n * sizeof(uint64_t) >= MAPPED ? array_grow(NULL, 0, n * sizeof(uint64_t))
+                                          : calloc(n, sizeof(uint64_t));
 }
 
-static void slots_free(Slot *p, size_t n) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (n * sizeof(Slot) >= HUGE_TABLE) {
-        munmap(p, n * sizeof(Slot));
-        return;
-    }
-#endif
-    (void)n;
-    free(p);
-}
+static void slots_free(uint64_t *p, size_t n) { array_free(p, n * sizeof(uint64_t)); }
 
 static int table_init(Table *c, size_t slots) {
     c->slots = slots_alloc(slots);
     if (!c->slots) return -1;
     c->mask = slots - 1;
     c->used = 0;
+    c->arena = NULL;
+    c->arena_len = c->arena_cap = c->key_bytes = 0;
+    c->nomem = 0;
+    c->pending = c->head = 0;
     return 0;
 }
 
+/* The slots of a table that holds n domains without growing (at most 2**26: 512 MiB). */
+static size_t table_size(size_t n) {
+    size_t slots = 1 << 10;
+    while (slots < ((size_t)1 << 26) &&
+           n > (slots <= SPARSE_TABLE ? slots / 2 : slots / 4 * 3)) {
+        slots *= 2;
+    }
+    return slots;
+}
+
 static int table_grow(Table *c) {
-    size_t old = c->mask + 1, used = c->used;
-    Slot *from = c->slots;
+    size_t old = c->mask + 1;
+    uint64_t *from = c->slots;
     if (old >= (size_t)1 << 32) return -1; /* a slot's index comes from 32 bits of hash */
-    if (table_init(c, 2 * old) < 0) {
-        c->slots = from;
-        return -1;
-    }
+    uint64_t *to = slots_alloc(2 * old);
+    if (!to) return -1;
+    size_t mask = 2 * old - 1;
     for (size_t i = 0; i < old; i++) {
-        if (!from[i].count) continue;
-        size_t j = from[i].hash & c->mask;
-        while (c->slots[j].count) j = (j + 1) & c->mask;
-        c->slots[j] = from[i];
+        uint64_t s = from[i];
+        if (!s) continue;
+        size_t j = (s >> 32) & mask;
+        while (to[j]) j = (j + 1) & mask;
+        to[j] = s;
     }
-    c->used = used;
+    c->slots = to;
+    c->mask = mask;
     slots_free(from, old);
     return 0;
 }
 
 static inline size_t record_size(size_t n) { return sizeof(Record) + ((n + 7) & ~(size_t)7); }
 
-static int arena_put(Table *c, const uint8_t *p, size_t n, uint64_t *offset) {
-    size_t size = record_size(n);
-    if (c->arena_len + size > c->arena_cap) {
-        size_t cap = c->arena_cap ? 2 * c->arena_cap : 1 << 16;
-        while (cap < c->arena_len + size) cap *= 2;
-        uint8_t *grown = realloc(c->arena, cap);
-        if (!grown) return -1;
-        c->arena = grown;
-        c->arena_cap = cap;
-    }
-    Record *r = (Record *)(c->arena + c->arena_len);
-    r->count = 1;
-    r->len = n;
-    memset((uint8_t *)(r + 1) + size - sizeof(Record) - 8, 0, 8);
-    memcpy(r + 1, p, n);
-    *offset = c->arena_len;
-    c->arena_len += size;
-    return 0;
+static inline Record *record_at(const Table *c, uint64_t slot) {
+    return (Record *)(c->arena + 8 * (size_t)((uint32_t)slot - 1));
 }
 
-static inline int insert(Table *c, const Pending *k) {
+/* Whether record r holds the key k (whose hash matched). */
+static inline int same_key(const Record *r, const Pending *k) {
+    if (r->len != k->n) return 0;
+    const uint8_t *q = (const uint8_t *)(r + 1);
+    uint64_t a0 = load64(q), a1 = load64(q + 8); /* 16 bytes readable: DATA_PAD */
+    if (k->n <= 8) return a0 == k->w0; /* zero padded alike (a1: the next record) */
+    if (k->n <= KEY_INLINE) return a0 == k->w0 && a1 == k->w1;
+    return a0 == k->w0 && a1 == k->w1 && same_tail(q, k->p, k->n);
+}
+
+static inline size_t max_used(const Table *c) {
+    size_t slots = c->mask + 1; /* at most half full up to 256 KiB, three quarters beyond */
+    return slots <= SPARSE_TABLE ? slots / 2 : slots / 4 * 3;
+}
+
+static int insert(Table *c, const Pending *k) {
     uint32_t hash = (uint32_t)k->h;
     size_t i = hash & c->mask;
     for (;;) {
-        Slot *s = &c->slots[i];
-        if (!s->count) break;
-        if (s->hash == hash && s->len == k->n && s->w0 == k->w0) {
-            if (k->n <= KEY_INLINE) {
-                if (s->w1 == k->w1) {
-                    s->count++;
-                    return 0;
-                }
-            } else {
-                Record *r = (Record *)(c->arena + s->w1);
-                if (same_tail((const uint8_t *)(r + 1), k->p, k->n)) {
-                    r->count++;
-                    return 0;
-                }
+        uint64_t s = c->slots[i];
+        if (!s) break;
+        if ((uint32_t)(s >> 32) == hash) {
+            Record *r = record_at(c, s);
+            if (same_key(r, k)) {
+                r->count += k->by;
+                return 0;
             }
         }
         i = (i + 1) & c->mask;
     }
-    size_t slots = c->mask + 1; /* at most a quarter full up to 1 MiB, half beyond */
-    if (c->used + 1 > (2 * slots <= SPARSE_TABLE ? slots / 4 : slots / 2)) {
+    if (c->used + 1 > max_used(c)) {
         if (table_grow(c) < 0) return -1;
         return insert(c, k);
     }
-    Slot *s = &c->slots[i];
-    s->w0 = k->w0;
-    s->w1 = k->w1;
-    if (k->n > KEY_INLINE && arena_put(c, k->p, k->n, &s->w1) < 0) return -1;
-    s->len = (uint32_t)k->n;
-    s->hash = hash;
-    s->count = 1;
+    size_t size = record_size(k->n);
+    if (c->arena_len + size + DATA_PAD > c->arena_cap) {
+        size_t cap = c->arena_cap ? 2 * c->arena_cap : 1 << 14;
+        while (cap < c->arena_len + size + DATA_PAD) cap *= 2;
+        uint8_t *arena = array_grow(c->arena, c->arena_cap, cap);
+        if (!arena) return -1;
+        c->arena = arena;
+        c->arena_cap = cap;
+    }
+    size_t words = c->arena_len / 8;
+    if (words >= UINT32_MAX) return -1; /* a slot holds a 32-bit place */
+    Record *r = (Record *)(c->arena + c->arena_len);
+    uint8_t *key = (uint8_t *)(r + 1);
+    r->count = k->by;
+    r->len = k->n;
+    memset(key + size - sizeof(Record) - 8, 0, 8 + DATA_PAD); /* padding, and what follows */
+    if (k->n <= KEY_INLINE) { /* the words already loaded, zero padded */
+        memcpy(key, &k->w0, 8);
+        memcpy(key + 8, &k->w1, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        uint64_t w0 = __builtin_bswap64(k->w0), w1 = __builtin_bswap64(k->w1);
+        memcpy(key, &w0, 8);
+        memcpy(key + 8, &w1, 8);
+#endif
+    } else {
+        memcpy(key, k->p, k->n);
+    }
+    c->arena_len += size;
+    c->key_bytes += k->n;
     c->used++;
+    c->slots[i] = ((uint64_t)hash << 32) | (uint64_t)(words + 1);
     return 0;
 }
 
-static void flush(Table *c) {
-    /* the slots were prefetched when the domains were hashed; a long key found in its home
-     * slot is compared with the arena next, so prefetch that too before any compare */
-    for (size_t i = 0; i < c->pending; i++) {
-        const Pending *k = &c->batch[i];
-        const Slot *s = &c->slots[(uint32_t)k->h & c->mask];
-        if (k->n > KEY_INLINE && s->count && s->hash == (uint32_t)k->h) {
-            PREFETCH(c->arena + s->w1 + sizeof(Record));
+/* A lookup in three steps, each STAGE domains after the one before, so that its memory reads
+ * overlap with the scan of the lines in between rather than wait one after another: the
+ * slot is prefetched when the domain is hashed; then the slots from there on are searched
+ * for one of the same hash, and its record prefetched; then the domain is compared and
+ * counted (insert() looks it up again, from the caches). */
+static inline void find_record(Table *c, const Pending *k) {
+    uint32_t hash = (uint32_t)k->h;
+    size_t j = hash & c->mask;
+    uint64_t s;
+    while ((s = c->slots[j])) {
+        if ((uint32_t)(s >> 32) == hash) {
+            const uint8_t *r = (const uint8_t *)record_at(c, s);
+            PREFETCH(r);
+            PREFETCH(r + sizeof(Record) + 15); /* the line of the key's 16th byte */
+            return;
         }
+        j = (j + 1) & c->mask;
     }
-    for (size_t i = 0; i < c->pending && !c->nomem; i++) {
-        if (insert(c, &c->batch[i]) < 0) c->nomem = 1;
+}
+
+static inline void step(Table *c) {
+    size_t h = c->head;
+    if (c->pending > STAGE) find_record(c, &c->ring[(h - STAGE - 1) % RING]);
+    if (c->pending > 2 * STAGE) {
+        if (!c->nomem && insert(c, &c->ring[(h - 2 * STAGE - 1) % RING]) < 0) c->nomem = 1;
+        c->pending--;
+    }
+}
+
+/* Count the domains still in the ring. */
+static void flush(Table *c) {
+    for (size_t i = c->pending; i > 0; i--) {
+        if (!c->nomem && insert(c, &c->ring[(c->head - i) % RING]) < 0) c->nomem = 1;
     }
     c->pending = 0;
 }
 
-/* Count the n > 0 bytes at p (bytes up to limit may be loaded). */
-static inline void table_add(Table *c, const uint8_t *p, size_t n, const uint8_t *limit) {
+/* Add by to the count of the n > 0 bytes at p (bytes up to limit may be loaded). */
+static inline void table_add(
+    Table *c, const uint8_t *p, size_t n, const uint8_t *limit, int64_t by) {
     Pending k;
+    k.by = by;
     k.p = p;
     k.n = n;
     load128_safe(p, limit, &k.w0, &k.w1);
@@ -230,19 +271,57 @@ static inline void table_add(Table *c, const uint8_t *p, size_t n, const uint8_t
         k.w1 = low_bytes(k.w1, n - 8);
     }
     k.h = hash_key(p, n, k.w0, k.w1, c->seed);
-    if (n > KEY_INLINE) k.w1 = 0; /* the slot keeps the arena offset there */
-    if (c->mask < SMALL_TABLE) { /* in the caches: no need to wait for a batch */
+    if (c->mask < SMALL_TABLE && !c->pending) { /* in the caches: no need for the steps */
         if (insert(c, &k) < 0) c->nomem = 1;
         return;
     }
     PREFETCH(&c->slots[(uint32_t)k.h & c->mask]);
-    c->batch[c->pending++] = k;
-    if (c->pending == BATCH) flush(c);
+    c->ring[c->head % RING] = k;
+    c->head++;
+    c->pending++;
+    step(c);
+}
+
+/* The counts as the buffers of Arrow columns, in the order first met: the domains' bytes
+ * (DATA_PAD more readable), int64 offsets (one more than the domains) and int64 counts, each
+ * from array_grow with its capacity in bytes (*_cap); -1 when out of memory (nothing made). */
+typedef struct {
+    uint8_t *data;
+    int64_t *offsets, *counts;
+    size_t data_cap, offsets_cap, counts_cap;
+} Columns;
+
+static int table_columns(const Table *c, Columns *out) {
+    size_t n = c->used;
+    out->data_cap = c->key_bytes + DATA_PAD;
+    out->offsets_cap = (n + 1) * sizeof(int64_t);
+    out->counts_cap = (n ? n : 1) * sizeof(int64_t);
+    out->data = array_grow(NULL, 0, out->data_cap);
+    out->offsets = array_grow(NULL, 0, out->offsets_cap);
+    out->counts = array_grow(NULL, 0, out->counts_cap);
+    if (!out->data || !out->offsets || !out->counts) {
+        if (out->data) array_free(out->data, out->data_cap);
+        if (out->offsets) array_free(out->offsets, out->offsets_cap);
+        if (out->counts) array_free(out->counts, out->counts_cap);
+        return -1;
+    }
+    size_t at = 0, e = 0;
+    out->offsets[0] = 0;
+    for (size_t place = 0; place < c->arena_len; e++) {
+        const Record *r = (const Record *)(c->arena + place);
+        memcpy(out->data + at, r + 1, r->len);
+        at += r->len;
+        out->offsets[e + 1] = (int64_t)at;
+        out->counts[e] = r->count;
+        place += record_size(r->len);
+    }
+    memset(out->data + at, 0, DATA_PAD);
+    return 0;
 }
 
 static void table_free(Table *c) {
     if (c->slots) slots_free(c->slots, c->mask + 1);
-    free(c->arena);
+    array_free(c->arena, c->arena_cap);
     c->slots = NULL;
     c->arena = NULL;
 }

@@ -8,7 +8,9 @@ implementations counts:
 
 - ``native``: the C extension ``tally.kernels._native`` (``_native.c``), built when the
   package is installed if a C compiler is there: one pass over each piece's bytes, the
-  domains counted in its own hash table (the C file says how).
+  domains counted in its own hash table (the C file says how), which keeps them as the
+  buffers of the partial's Arrow table: the result's ``table`` wraps them without a copy,
+  and no Python object is made per domain unless ``counts`` (a dict) is asked for.
 - ``numpy``: :mod:`tally.kernels.columnar`, NumPy and Arrow calls over whole pieces; used
   when the extension was not built, cannot be loaded, is from another version of this file,
   or ``TALLY_NATIVE=0`` is set.
@@ -31,9 +33,9 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import BinaryIO, Protocol
 
-from tally.kernels import DEFAULT_CHUNK_SIZE, DEFAULT_RECORD_LIMIT, DomainCounts
+from tally.kernels import DEFAULT_CHUNK_SIZE, DEFAULT_RECORD_LIMIT, DomainCounts, arrow_table
 
-_ABI = 1  # the NATIVE_ABI of the _native.c this file goes with
+_ABI = 2  # the NATIVE_ABI of the _native.c this file goes with
 _PAD = 16  # room after each piece, so 8-byte loads near its end stay in the buffer
 _MAX_PIECE = (1 << 31) - _PAD  # the NumPy path's Arrow views use 32-bit offsets
 _FIRST_READ = 1 << 16  # later reads grow 16-fold up to chunk_size
@@ -63,12 +65,18 @@ _native = load_native()
 IMPLEMENTATION = "native" if _native is not None else "numpy"
 
 
+# distinct domains of the last partition counted in this process: the next table starts that
+# large (the partitions of a job are alike), so that it does not grow, and rehash, step by step
+_last_distinct = 0
+
+
 class _NativeTally:
     """Accumulates the pieces of one ``count_domains`` call in the C extension's table."""
 
     def __init__(self, native: ModuleType, only: bytes | None) -> None:
         seed = int.from_bytes(os.urandom(8), "little")  # no input can aim at the hash
-        self._counter = native.Counter(only, seed, _PORTABLE)
+        self._counter = native.Counter(only, seed, _PORTABLE, _last_distinct)
+        self._only = only
         self.result = DomainCounts()
 
     def add(self, lines: Piece | None, record_limit: int) -> None:
@@ -82,8 +90,14 @@ class _NativeTally:
         self.result.malformed += malformed
 
     def finish(self) -> DomainCounts:
-        self.result.counts = self._counter.counts()
-        return self.result
+        if self._only is not None:
+            self.result.counts = self._counter.counts()
+            return self.result
+        global _last_distinct
+        table = arrow_table(*self._counter.take())  # the table's buffers: no copy
+        _last_distinct = 0 if table is None else table.num_rows
+        result = self.result
+        return DomainCounts(lines=result.lines, malformed=result.malformed, table=table)
 
 
 class _Reader:
