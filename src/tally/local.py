@@ -90,6 +90,16 @@ def sample_of(
     return bytes(data)
 
 
+def load_merge_engine(group_by: bool) -> None:
+    """What the coordinator's merge of a job's partials loads on first use."""
+    if group_by:
+        from tally.queries.groupby import warm_up
+
+        warm_up()
+    else:
+        import tally.queries.registry  # noqa: F401
+
+
 def write_records(outcome: Outcome, options: JobOptions) -> None:
     """The result (``--output``, only when there is one) and the stats record (the events
     were written as they happened, or are uploaded as the coordinator closes)."""
@@ -232,30 +242,40 @@ class Job:
     async def _run(self) -> Outcome:
         options = self.options
         check_outputs(options)
-        urls = expand_source(options.source, options.storage_options)
-        spec = job_spec(options, urls, max(1, self.local_workers))
         config = coordinator_config(options, self.token, self.host, self.port)
         coordinator = self._coordinator = Coordinator(config)
         try:
             port = await coordinator.start()
         except OSError as exc:
             raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
-        submitted = coordinator.submit(spec)
-        if self.signum is not None:  # interrupted while the job was being set up
-            self.interrupt(self.signum)
+        # the workers start (a few tenths of a second: the interpreter, the engine) while
+        # the job is planned; they join and wait for it
         extra = ["--kernel", options.kernel, *storage_args(options)]
         if options.task_delay:
             extra += ["--task-delay", repr(options.task_delay)]
         workers = await start_workers(port, self.local_workers, self.token, extra)
-        job = asyncio.create_task(coordinator.finish_one(submitted))
-        watch = asyncio.create_task(watch_workers(coordinator, workers))
+        watch: asyncio.Task[None] | None = None
         outcome: Outcome | None = None
         try:
+            # the merge's engine loads meanwhile too, on a thread (the loop serves the joins)
+            grouping = options.group_by is not None and options.group_by.wanted
+            loading = asyncio.create_task(asyncio.to_thread(load_merge_engine, grouping))
+            urls = expand_source(options.source, options.storage_options)
+            spec = job_spec(options, urls, max(1, self.local_workers))
+            await loading
+            submitted = coordinator.submit(spec)
+            if self.signum is not None:  # interrupted while the job was being set up
+                self.interrupt(self.signum)
+            job = asyncio.create_task(coordinator.finish_one(submitted))
+            watch = asyncio.create_task(watch_workers(coordinator, workers))
             outcome = await job
             write_records(outcome, options)
             if self.on_outcome is not None:
                 self.on_outcome(outcome)
             return outcome
         finally:
-            watch.cancel()
+            if watch is None:  # the job could not be planned: its coordinator stops here
+                await coordinator.close("job failed")
+            else:
+                watch.cancel()
             await stop_workers(workers, terminate=outcome is None or outcome.result is None)

@@ -28,6 +28,7 @@ from tally.net import Connection, Gone, Joined, join
 from tally.prefetch import Prefetcher
 from tally.queries import kind_of, to_ipc
 from tally.queries.domains import load_kernel
+from tally.queries.registry import warm_up
 
 log = logging.getLogger("tally.worker")
 
@@ -62,6 +63,7 @@ class Worker:
         self.exit_code = 0
         self.tasks_done = 0
         self.last_beat = 0.0  # event-loop time of the last heartbeat sent
+        self.joined = threading.Event()  # set once, when it first joins
         self._session_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -73,7 +75,6 @@ class Worker:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             load_kernel(self.config.kernel)  # before joining: joined means ready
-            import tally.queries.registry  # noqa: F401  (the query kinds, likewise)
 
             computing = threading.Thread(
                 target=self._compute_loop, args=(loop,), name="tally-compute", daemon=True
@@ -139,6 +140,7 @@ class Worker:
             conn.give_up_after(welcome.lease_s)  # a silent link breaks within the lease
             self.last_beat = time.monotonic()
             log.info("joined as worker %d", welcome.worker_id)
+            self.joined.set()
             for message in self.outbox:
                 conn.send(message)
             self.outbox.clear()
@@ -203,6 +205,8 @@ class Worker:
     def _compute_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The compute thread: run tasks one by one, hand each result to the event loop, and
         get the next partition ready while the current one computes. None stops it."""
+        self.joined.wait()  # then the engines load while the job is planned, not in a task
+        warm_up()
         prefetch = Prefetcher(options=self.config.storage_options)
         ahead: list[tuple[int, p.Assign] | None] = []  # the next item, taken early
         while (item := ahead.pop() if ahead else self.queue.get()) is not None:

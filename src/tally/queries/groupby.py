@@ -28,7 +28,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from tally.errors import ProtocolError
-from tally.kernels.delimited import GroupPartial, connection
+from tally.kernels.delimited import SOURCE, GroupPartial, arrow_sql
 from tally.queries.plan import Plan
 
 _CONDENSE_AT = 16  # a group's list of double sums longer than this becomes an exact expansion
@@ -158,14 +158,8 @@ class GroupMerger:
             else:
                 items.append(f"list_distinct(flatten(list({name}))) AS {name}")
         group = f" GROUP BY {', '.join(keys)}" if keys else ""
-        con = connection("merge")
-        con.register("__tally_partials", table)
-        try:
-            merged = con.sql(f"SELECT {', '.join(items)} FROM __tally_partials{group}")
-            out = merged.to_arrow_table()
-        finally:
-            con.unregister("__tally_partials")
-        return out.cast(table.schema)
+        merged = arrow_sql(table, f"SELECT {', '.join(items)} FROM {SOURCE}{group}", "merge")
+        return merged.to_arrow_table().cast(table.schema)
 
     def _condense(self, table: pa.Table) -> pa.Table:
         for name in self._double_sums:
@@ -266,3 +260,10 @@ def _order(plan: Plan, table: pa.Table) -> pa.Table:
     if plan.select:
         table = table.select(list(plan.select))
     return table
+
+
+def warm_up() -> None:
+    """Load what the first merge and finalize would load on the way to the answer: PyArrow
+    imports pandas (when it is installed) the first time it converts Python values, a few
+    tenths of a second. A coordinator calls this on a thread while its workers start."""
+    pa.array([0.0], pa.float64())
