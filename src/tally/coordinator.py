@@ -94,9 +94,11 @@ class Coordinator:
         """Listen and start the clock; return the bound port."""
         raise_fd_limit()
         self._loop.set_exception_handler(quiet_accept_errors)
-        # Arrow's hash aggregation (the merge) loads 0.25 s of modules on first use: load them
-        # now, while the workers start, rather than between the last result and the answer
-        self._loop.run_in_executor(None, importlib.import_module, "pyarrow.acero")
+        # Arrow's hash aggregation (the domain count's merge) loads 0.25 s of modules on first
+        # use: a service loads them now, rather than between a job's last result and its
+        # answer (a one-job coordinator loads what its job's merge needs: tally.local)
+        if self.config.serving:
+            self._loop.run_in_executor(None, importlib.import_module, "pyarrow.acero")
         self._server = await asyncio.start_server(
             self._serve_peer, self.config.host, self.config.port, limit=1 << 20
         )

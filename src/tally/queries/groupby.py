@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
@@ -119,7 +120,7 @@ class GroupMerger:
         for name in self._double_sums:  # one value per partial -> a list of them
             sums = table[name].combine_chunks()
             lists = pa.ListArray.from_arrays(
-                pa.array(range(len(sums) + 1), pa.int32()), pc.fill_null(sums, 0.0)
+                _offsets(len(sums) + 1), pc.fill_null(sums, 0.0)
             )
             table = table.set_column(table.schema.get_field_index(name), name, lists)
         self._tables.append(table)
@@ -188,7 +189,7 @@ class GroupMerger:
         for agg in self.plan.aggregates:
             counted = agg.func in ("count", "count_distinct")
             columns.append(pa.array([0] * rows, pa.int64()) if counted else pa.nulls(rows))
-        return _order(self.plan, pa.table(columns, names=list(self.plan.output_names)))
+        return _order(self.plan, pa.Table.from_arrays(columns, list(self.plan.output_names)))
 
 
 def exact_expansion(values: Iterable[float]) -> list[float]:
@@ -223,7 +224,7 @@ def finalize(plan: Plan, table: pa.Table) -> pa.Table:
             columns.append(pc.fill_null(distinct, 0))  # no value but NULLs: none distinct
         else:
             columns.append(_sum_or_avg(agg.func, table[f"a{j}_n"], table[f"a{j}_s"]))
-    return _order(plan, pa.table(columns, names=list(plan.output_names)))
+    return _order(plan, pa.Table.from_arrays(columns, list(plan.output_names)))
 
 
 def _sum_or_avg(func: str, counts: pa.ChunkedArray, sums: pa.ChunkedArray) -> pa.Array:
@@ -231,10 +232,8 @@ def _sum_or_avg(func: str, counts: pa.ChunkedArray, sums: pa.ChunkedArray) -> pa
     if pa.types.is_list(sums.type):
         totals = [math.fsum(v) if c else None for v, c in zip(sums.to_pylist(), n, strict=True)]
         if func == "sum":
-            return pa.array(totals, pa.float64())
-        return pa.array(
-            [t / c if c else None for t, c in zip(totals, n, strict=True)], pa.float64()
-        )
+            return _doubles(totals)
+        return _doubles([t / c if c else None for t, c in zip(totals, n, strict=True)])
     if func == "sum":
         return sums.combine_chunks()
     values = sums.to_pylist()  # Decimal: exact, so the quotient is rounded once
@@ -242,7 +241,22 @@ def _sum_or_avg(func: str, counts: pa.ChunkedArray, sums: pa.ChunkedArray) -> pa
         float(Fraction(v) / c) if c and v is not None else None
         for v, c in zip(values, n, strict=True)
     ]
-    return pa.array(averages, pa.float64())
+    return _doubles(averages)
+
+
+def _offsets(count: int) -> pa.Array:
+    """0, 1, ..., count - 1 as int32 (see :func:`_doubles`)."""
+    data = np.arange(count, dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), count, [None, pa.py_buffer(data)])
+
+
+def _doubles(values: list[float | None]) -> pa.Array:
+    """A double column from Python values, built from its buffers: ``pa.array`` and
+    ``pa.table`` import pandas, when installed, to check their input (0.2 s of a cold run)."""
+    valid = np.array([v is not None for v in values], dtype=bool)
+    data = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
+    bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.float64(), len(values), [bitmap, pa.py_buffer(data)])
 
 
 def _order(plan: Plan, table: pa.Table) -> pa.Table:
@@ -263,7 +277,6 @@ def _order(plan: Plan, table: pa.Table) -> pa.Table:
 
 
 def warm_up() -> None:
-    """Load what the first merge and finalize would load on the way to the answer: PyArrow
-    imports pandas (when it is installed) the first time it converts Python values, a few
-    tenths of a second. A coordinator calls this on a thread while its workers start."""
-    pa.array([0.0], pa.float64())
+    """Load what the first merge and finalize would load on the way to the answer (DuckDB,
+    Arrow's conversions). A coordinator calls this on a thread while its workers start."""
+    _doubles([1.0, None])
