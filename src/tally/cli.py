@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tally.api import KERNELS, JobFailed, JobOptions, Result, run_coordinator, run_job
 from tally.errors import ConfigError, TallyError
@@ -25,6 +25,9 @@ from tally.groupby_options import add_flags as add_groupby_flags
 from tally.groupby_options import options_of as groupby_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+if TYPE_CHECKING:
+    from tally.spawn import LocalWorkers
+
 FORMATS = ("text", "json", "csv", "tsv")  # tally.queries.FORMATS, without importing Arrow
 log = logging.getLogger("tally")
 
@@ -374,17 +377,37 @@ def print_result(result: Result, fmt: str, to_stdout: bool = True) -> None:
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    options = job_options(args)
+    spawned = _spawn_workers(args) if args.command in ("run", "sql") else None
+    try:
+        options = job_options(args)
 
-    def show(result: Result) -> None:
-        print_result(result, args.format, to_stdout=options.output is None)
+        def show(result: Result) -> None:
+            print_result(result, args.format, to_stdout=options.output is None)
 
-    if args.command in ("run", "sql"):
-        result = run_job(options, on_result=show)
-    else:
-        token = read_token(args)
-        result = run_coordinator(options, args.host, args.port, token, on_result=show)
+        if args.command in ("run", "sql"):
+            result = run_job(options, on_result=show, spawned=spawned)
+        else:
+            token = read_token(args)
+            result = run_coordinator(options, args.host, args.port, token, on_result=show)
+    finally:
+        if spawned is not None:
+            spawned.stop()  # they have left, unless the job never started
     return EXIT_OK if result.complete else EXIT_PARTIAL
+
+
+def _spawn_workers(args: argparse.Namespace) -> LocalWorkers:
+    """The local workers, started before anything else (see :mod:`tally.spawn`)."""
+    from tally.spawn import LocalWorkers, worker_args
+
+    count = args.workers or os.cpu_count() or 2
+    extra = worker_args(args.kernel, dict(args.storage_option), args.task_delay)
+    spawned = LocalWorkers(count, extra)
+    try:
+        spawned.start()
+    except OSError as exc:
+        spawned.stop()
+        raise ConfigError(f"cannot start the local workers: {exc}") from exc
+    return spawned
 
 
 def main(argv: list[str] | None = None) -> int:
