@@ -14,6 +14,10 @@ infers (DECIMAL for prices), so both compute the same exact sums; every other sy
 are compared with DuckDB's to 9 significant digits (their sums are doubles). Dask, Ray and
 PySpark run only when installed (`pip install -e '.[peers]'`; PySpark from the `spark` extra).
 
+`tally` is a cold `tally sql --workers 2` (a fresh process tree each run); `tally-serve` the
+same query submitted to a running `tally serve` with 2 workers (started once, before the
+first round), timed from the POST to the result. "x" columns: a system's time over Tally's.
+
 Results: bench/results/tpch.json (SF 1), bench/results/tpch-sf<SF>.json (any other SF).
 `make bench` runs SF 1; `make bench TPCH_SF="1 10"` adds SF 10 (one round, about 15 minutes).
 """
@@ -27,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -176,6 +181,61 @@ PEERS = {"duckdb": (DUCKDB, "duckdb"), "polars": (POLARS, "polars"),
          "spark": (SPARK, "pyspark")}  # fmt: skip
 
 
+class WarmTally:
+    """``tally-serve``: the same query submitted to a running ``tally serve`` with 2 workers
+    (the cluster started once, before the first round), timed from the POST to the result;
+    the client polls every 5 ms."""
+
+    def __init__(self, tmp: Path) -> None:
+        import re
+        import secrets
+
+        from tally import Client
+
+        token = secrets.token_hex(8)
+        env = {**os.environ, "TALLY_TOKEN": token}
+        log = tmp / "serve.log"
+        with log.open("wb") as err:
+            self.server = subprocess.Popen(
+                [sys.executable, "-m", "tally", "serve", "--state", str(tmp / "state.db"),
+                 "--port", "0", "--http-port", "0"], env=env, stdout=subprocess.DEVNULL,
+                stderr=err)  # fmt: skip
+        ready = re.compile(r"serving: workers on [^:]+:(\d+), HTTP on (http://[^ ]+), state")
+        match = _until(lambda: ready.search(log.read_text()))
+        worker = [sys.executable, "-m", "tally", "worker", "127.0.0.1", match.group(1), "-q"]
+        self.workers = [
+            subprocess.Popen(worker, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(2)
+        ]
+        self.client = Client(match.group(2), token)
+        _until(lambda: sum(w["state"] == "alive" for w in self.client.workers()) == 2)
+
+    def run(self, table: Path, columns: str, sql: str) -> tuple[float, list[list[Any]]]:
+        started = time.perf_counter()
+        job = self.client.submit(str(table), {"sql": sql.format(table=table), "columns": columns})
+        doc = _until(lambda: (d := self.client.job(job))["state"] not in ("queued", "running")
+                     and d, every=0.005)  # fmt: skip
+        elapsed = time.perf_counter() - started
+        if doc["state"] != "succeeded":
+            raise RuntimeError(f"tally-serve: {doc.get('error')}")
+        return elapsed, [list(row.values()) for row in doc["result"]["rows"]]
+
+    def close(self) -> None:
+        self.server.terminate()
+        self.server.wait(30)
+        for w in self.workers:
+            w.wait(30)
+
+
+def _until(check: Any, timeout: float = 120, every: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("tally-serve did not start")
+        time.sleep(every)
+    return value
+
+
 def ensure_data(sf: str) -> Path:
     out = CACHE / f"sf{sf}"
     if not (out / "lineitem.tbl").exists():
@@ -202,6 +262,8 @@ def duckdb_types(table: Path, columns: str, sql: str) -> dict[str, str]:
 
 
 def commands(system: str, query: str, table: Path, columns: str, sql: str) -> list[str] | None:
+    if system == "tally-serve":
+        return []  # in this process: WarmTally
     if system == "tally":
         return [sys.executable, "-m", "tally", "sql", sql.format(table=table), "--columns",
                 columns, "--workers", "2", "--format", "json", "-q"]  # fmt: skip
@@ -243,10 +305,21 @@ def main() -> None:
     )
     parser.add_argument("--sf", default="1", help="scale factor (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--systems", nargs="+", default=["tally", "duckdb", "polars", "dask",
-                                                         "ray", "spark"])  # fmt: skip
+    systems = ["tally", "tally-serve", "duckdb", "polars", "dask", "ray", "spark"]
+    parser.add_argument("--systems", nargs="+", default=systems)
     args = parser.parse_args()
     data = ensure_data(args.sf)
+    tmp = tempfile.TemporaryDirectory()
+    warm = WarmTally(Path(tmp.name)) if "tally-serve" in args.systems else None
+    try:
+        run_all(args, data, warm)
+    finally:
+        if warm is not None:
+            warm.close()
+        tmp.cleanup()
+
+
+def run_all(args: argparse.Namespace, data: Path, warm: WarmTally | None) -> None:
     results: dict[str, Any] = {"sf": args.sf, "machine": f"{platform.node()} {os.cpu_count()} "
                                "cores", "queries": {}}  # fmt: skip
     for query, (name, columns, sql) in QUERIES.items():
@@ -254,9 +327,14 @@ def main() -> None:
         size = table.stat().st_size
         runs: dict[str, list[float]] = {}
         answers: dict[str, list[list[Any]]] = {}
-        systems = [s for s in args.systems if commands(s, query, table, columns, sql)]
+        systems = [s for s in args.systems if commands(s, query, table, columns, sql) is not None]
         for r in range(args.rounds):
             for system in systems[r % len(systems) :] + systems[: r % len(systems)]:
+                if system == "tally-serve":
+                    assert warm is not None
+                    elapsed, answers[system] = warm.run(table, columns, sql)
+                    runs.setdefault(system, []).append(elapsed)
+                    continue
                 cmd = commands(system, query, table, columns, sql)
                 assert cmd is not None
                 started = time.perf_counter()
@@ -279,14 +357,18 @@ def main() -> None:
             }
         results["queries"][query] = {"bytes": size, "systems": table_rows}
         tally_s = table_rows.get("tally", {}).get("median_s")
+        warm_s = table_rows.get("tally-serve", {}).get("median_s")
         load = os.getloadavg()[0]
         results["queries"][query]["load_after"] = round(load, 2)
         print(f"\n{query} over {name}.tbl (SF {args.sf}, {size / 1e6:.0f} MB; load {load:.1f})")
-        print(f"{'system':<8} {'median s':>9} {'MB/s':>7} {'Tally is':>9}  same answer")
+        print(f"{'system':<11} {'median s':>9} {'MB/s':>7} {'tally sql is':>13} "
+              f"{'tally-serve is':>15}  same answer")  # fmt: skip
         for system, row in table_rows.items():
-            ratio = "" if not tally_s or system == "tally" else f"{row['median_s'] / tally_s:.2f}x"
+            times = row["median_s"]
+            cold = "" if not tally_s or system == "tally" else f"{times / tally_s:.2f}x"
+            hot = "" if not warm_s or system == "tally-serve" else f"{times / warm_s:.2f}x"
             print(
-                f"{system:<8} {row['median_s']:>9.3f} {row['mb_s']:>7.1f} {ratio:>9}  "
+                f"{system:<11} {row['median_s']:>9.3f} {row['mb_s']:>7.1f} {cold:>13} {hot:>15}  "
                 f"{row['same_as_duckdb']}"
             )
     out = RESULTS if args.sf == "1" else RESULTS.with_name(f"tpch-sf{args.sf}.json")
