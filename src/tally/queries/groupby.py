@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -119,9 +120,8 @@ class GroupMerger:
         self.bytes_read += partial.bytes_read
         for name in self._double_sums:  # one value per partial -> a list of them
             sums = table[name].combine_chunks()
-            lists = pa.ListArray.from_arrays(
-                _offsets(len(sums) + 1), pc.fill_null(sums, 0.0)
-            )
+            zeros = pc.fill_null(sums, _zero(pa.float64(), np.float64))
+            lists = pa.ListArray.from_arrays(_offsets(len(sums) + 1), zeros)
             table = table.set_column(table.schema.get_field_index(name), name, lists)
         self._tables.append(table)
         self._rows += table.num_rows
@@ -221,7 +221,8 @@ def finalize(plan: Plan, table: pa.Table) -> pa.Table:
             columns.append(table[f"a{j}_v"])
         elif agg.func == "count_distinct":
             distinct = pc.list_value_length(table[f"a{j}_d"]).cast(pa.int64())
-            columns.append(pc.fill_null(distinct, 0))  # no value but NULLs: none distinct
+            zero = _zero(pa.int64(), np.int64)  # no value but NULLs: none distinct
+            columns.append(pc.fill_null(distinct, zero))
         else:
             columns.append(_sum_or_avg(agg.func, table[f"a{j}_n"], table[f"a{j}_s"]))
     return _order(plan, pa.Table.from_arrays(columns, list(plan.output_names)))
@@ -242,6 +243,11 @@ def _sum_or_avg(func: str, counts: pa.ChunkedArray, sums: pa.ChunkedArray) -> pa
         for v, c in zip(values, n, strict=True)
     ]
     return _doubles(averages)
+
+
+def _zero(kind: pa.DataType, dtype: type[np.number[Any]]) -> pa.Scalar:
+    """A zero of ``kind`` (see :func:`_doubles`: ``pa.scalar`` would import pandas)."""
+    return pa.Array.from_buffers(kind, 1, [None, pa.py_buffer(np.zeros(1, dtype))])[0]
 
 
 def _offsets(count: int) -> pa.Array:
