@@ -63,7 +63,7 @@ class Worker:
         self.exit_code = 0
         self.tasks_done = 0
         self.last_beat = 0.0  # event-loop time of the last heartbeat sent
-        self.joined = threading.Event()  # set once, when it first joins
+        self.warming: threading.Thread | None = None  # loads the engines once joined
         self._session_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -140,7 +140,9 @@ class Worker:
             conn.give_up_after(welcome.lease_s)  # a silent link breaks within the lease
             self.last_beat = time.monotonic()
             log.info("joined as worker %d", welcome.worker_id)
-            self.joined.set()
+            if self.warming is None:  # while the job is planned, beside any task: not in one
+                self.warming = threading.Thread(target=warm_up, name="tally-warm-up", daemon=True)
+                self.warming.start()
             for message in self.outbox:
                 conn.send(message)
             self.outbox.clear()
@@ -205,8 +207,6 @@ class Worker:
     def _compute_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The compute thread: run tasks one by one, hand each result to the event loop, and
         get the next partition ready while the current one computes. None stops it."""
-        self.joined.wait()  # then the engines load while the job is planned, not in a task
-        warm_up()
         prefetch = Prefetcher(options=self.config.storage_options)
         ahead: list[tuple[int, p.Assign] | None] = []  # the next item, taken early
         while (item := ahead.pop() if ahead else self.queue.get()) is not None:

@@ -337,9 +337,9 @@ _WARM_UP_LINES = b"a|1|2.50|0.5|1998-01-02|\nb|2|3.25|1.5|1998-01-03|\n"
 
 
 def warm_up() -> None:
-    """Load the engine and run one tiny task on this thread: DuckDB, PyArrow's CSV reader,
-    this thread's connection and their first queries cost a few tenths of a second once per
-    process. A worker does this while it joins, so its first task costs what the others do."""
+    """Load the engine and run one tiny task: DuckDB, PyArrow's CSV reader and their first
+    queries cost a few tenths of a second once per process (a connection, per thread, a few
+    hundredths). A worker does this once joined, so its first task costs what the others do."""
     plan = plan_from_flags(
         delimiter="|",
         group_by=["1"],

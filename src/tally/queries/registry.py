@@ -16,10 +16,10 @@ KINDS: dict[type, QueryKind] = {QuerySpec: DOMAINS, Plan: GROUP_BY}
 
 
 def warm_up() -> None:
-    """Load the engines of the kinds and run a tiny task of each, on the calling thread (a
-    worker's compute thread, while the worker joins): the first real task then costs what
-    every other one does. A failure here is only logged; the task that needs the engine
-    fails as data, with its reason."""
+    """Load the engines of the kinds and run a tiny task of each (a worker does this on a
+    thread of its own once it has joined, while the job is planned): the first real task
+    then costs about what every other one does. A failure here is only logged; the task
+    that needs the engine fails as data, with its reason."""
     from tally.kernels.delimited import warm_up as warm_up_group_by
 
     try:
