@@ -45,12 +45,19 @@ check: $(STAMP)
 	$(BIN)/ruff format --check src tests bench deploy
 	$(BIN)/mypy
 
+# TPC-H at SF 1 by default (a few minutes with every peer); `make bench TPCH_SF="1 10"` adds
+# SF 10 (7.8 GB generated into .cache/tpch/sf10 on first use, one round: about 15 minutes)
+TPCH_SF ?= 1
+
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,report,peers,spark]'
 	$(BIN)/python bench/throughput.py --spark
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/kernel_speed.py
-	$(BIN)/python bench/tpch.py
+	for sf in $(TPCH_SF); do \
+	  rounds=$$([ $$sf = 1 ] && echo 3 || echo 1); \
+	  $(BIN)/python bench/tpch.py --sf $$sf --rounds $$rounds || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache

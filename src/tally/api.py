@@ -40,6 +40,7 @@ from tally.result import JobFailed, Result
 if TYPE_CHECKING:
     from tally.job import Outcome
     from tally.local import Job
+    from tally.spawn import LocalWorkers
 
 __all__ = ["Interrupted", "JobFailed", "JobOptions", "Result", "run", "sql"]
 
@@ -150,11 +151,19 @@ def _texts(options: dict[str, Any]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in options.items()}
 
 
-def run_job(options: JobOptions, on_result: Callable[[Result], None] | None = None) -> Result:
+def run_job(
+    options: JobOptions,
+    on_result: Callable[[Result], None] | None = None,
+    spawned: LocalWorkers | None = None,
+) -> Result:
     """:func:`run` for ready-made options. ``on_result`` sees the result as soon as it is
-    known, while the workers are still leaving."""
+    known, while the workers are still leaving. ``spawned``: the workers, started already."""
     from tally.local import Job
 
+    if spawned is not None:
+        if options.local_workers != spawned.count:  # checks --min-workers, too
+            raise ConfigError(f"{spawned.count} workers started, {options.local_workers} asked")
+        return _finish(Job(options, spawned=spawned), on_result)
     return _finish(Job(options, local_workers=options.local_workers), on_result)
 
 

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tally.api import run_coordinator, run_job
 from tally.console import (
@@ -34,6 +34,9 @@ from tally.groupby_options import add_flags as add_groupby_flags
 from tally.groupby_options import options_of as groupby_options
 from tally.options import KERNELS, JobOptions
 from tally.result import JobFailed, Result
+
+if TYPE_CHECKING:
+    from tally.spawn import LocalWorkers
 
 FORMATS = ("text", "json", "csv", "tsv")  # tally.queries.FORMATS, without importing Arrow
 log = logging.getLogger("tally")
@@ -343,17 +346,38 @@ def job_options(args: argparse.Namespace) -> JobOptions:
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    options = job_options(args)
+    spawned = _spawn_workers(args) if args.command in ("run", "sql") else None
+    try:
+        options = job_options(args)
 
-    def show(result: Result) -> None:
-        print_result(result, args.format, to_stdout=options.output is None)
+        def show(result: Result) -> None:
+            print_result(result, args.format, to_stdout=options.output is None)
 
-    if args.command in ("run", "sql"):
-        result = run_job(options, on_result=show)
-    else:
-        token = read_token(args)
-        result = run_coordinator(options, args.host, args.port, token, on_result=show)
+        if args.command in ("run", "sql"):
+            result = run_job(options, on_result=show, spawned=spawned)
+        else:
+            token = read_token(args)
+            result = run_coordinator(options, args.host, args.port, token, on_result=show)
+    finally:
+        if spawned is not None:
+            spawned.stop()  # they have left, unless the job never started
     return EXIT_OK if result.complete else EXIT_PARTIAL
+
+
+def _spawn_workers(args: argparse.Namespace) -> LocalWorkers:
+    """The local workers, started before anything else (see :mod:`tally.spawn`)."""
+    from tally.spawn import LocalWorkers, worker_args
+
+    count = args.workers or os.cpu_count() or 2
+    extra = worker_args(args.kernel, dict(args.storage_option), args.task_delay,
+                        args.cache, args.cache_size)  # fmt: skip
+    spawned = LocalWorkers(count, extra)
+    try:
+        spawned.start()
+    except OSError as exc:
+        spawned.stop()
+        raise ConfigError(f"cannot start the local workers: {exc}") from exc
+    return spawned
 
 
 def main(argv: list[str] | None = None) -> int:

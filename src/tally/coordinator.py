@@ -14,6 +14,7 @@ import asyncio
 import importlib
 import logging
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -90,16 +91,22 @@ class Coordinator:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> int:
-        """Listen and start the clock; return the bound port."""
+    async def start(self, sock: socket.socket | None = None) -> int:
+        """Listen (on ``sock`` when given, a listening socket it then owns) and start the
+        clock; return the bound port."""
         raise_fd_limit()
         self._loop.set_exception_handler(quiet_accept_errors)
-        # Arrow's hash aggregation (the merge) loads 0.25 s of modules on first use: load them
-        # now, while the workers start, rather than between the last result and the answer
-        self._loop.run_in_executor(None, importlib.import_module, "pyarrow.acero")
-        self._server = await asyncio.start_server(
-            self._serve_peer, self.config.host, self.config.port, limit=1 << 20
-        )
+        # Arrow's hash aggregation (the domain count's merge) loads 0.25 s of modules on first
+        # use: a service loads them now, rather than between a job's last result and its
+        # answer (a one-job coordinator loads what its job's merge needs: tally.local)
+        if self.config.serving:
+            self._loop.run_in_executor(None, importlib.import_module, "pyarrow.acero")
+        if sock is not None:
+            self._server = await asyncio.start_server(self._serve_peer, sock=sock, limit=1 << 20)
+        else:
+            self._server = await asyncio.start_server(
+                self._serve_peer, self.config.host, self.config.port, limit=1 << 20
+            )
         port: int = self._server.sockets[0].getsockname()[1]
         self._t0 = self._loop.time()
         self._ticker = asyncio.create_task(self._tick())

@@ -10,8 +10,7 @@ import logging
 import os
 import secrets
 import signal
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from tally.coordinator import Coordinator, CoordinatorConfig
@@ -20,6 +19,7 @@ from tally.job import JobSpec, Outcome
 from tally.jobs.tasks import JobConfig
 from tally.queries.infer import bind
 from tally.queries.plan import Plan as GroupByPlan
+from tally.spawn import LocalWorkers, WorkerProcess, worker_args, worker_command
 from tally.storage.outputs import probe, write_json, write_result
 from tally.storage.ranges import plan_tasks
 from tally.storage.sources import expand_source, open_partition
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tally.options import JobOptions
 
 log = logging.getLogger("tally.local")
+Process = asyncio.subprocess.Process | WorkerProcess
 WORKER_EXIT_GRACE_S = 5.0
 SAMPLE_BYTES = 1 << 20  # what a group-by reads to learn the columns and their types
 CAUGHT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -95,6 +96,19 @@ def sample_of(
     return bytes(data)
 
 
+def load_merge_engine(group_by: bool) -> None:
+    """What the coordinator's merge of a job's partials loads on first use (a group-by:
+    DuckDB; the domain count: Arrow's hash aggregation, 0.25 s of modules)."""
+    if group_by:
+        from tally.queries.groupby import warm_up
+
+        warm_up()
+    else:
+        import pyarrow.acero  # type: ignore[import-untyped]  # noqa: F401
+
+        import tally.queries.registry  # noqa: F401
+
+
 def write_records(outcome: Outcome, options: JobOptions) -> None:
     """The result (``--output``, only when there is one) and the stats record (the events
     were written as they happened, or are uploaded as the coordinator closes)."""
@@ -107,34 +121,13 @@ def write_records(outcome: Outcome, options: JobOptions) -> None:
                      options.storage_options)  # fmt: skip
 
 
-def storage_args(options: JobOptions) -> list[str]:
-    """The storage options as ``tally worker`` arguments, for the local workers."""
-    return [a for k, v in options.storage_options.items() for a in ("--storage-option", f"{k}={v}")]
-
-
-def cache_args(options: JobOptions) -> list[str]:
-    """``--cache DIR --cache-size N`` for the local workers, when asked for."""
-    if options.cache is None:
-        return []
-    return ["--cache", os.path.abspath(options.cache), "--cache-size", str(options.cache_size)]
-
-
 async def start_workers(
     port: int, count: int, token: bytes, extra_args: list[str]
 ) -> list[asyncio.subprocess.Process]:
     env = dict(os.environ, TALLY_TOKEN=token.decode())
     return [
         await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tally",
-            "worker",
-            "127.0.0.1",
-            str(port),
-            "-q",
-            "--connect-timeout",
-            "10",
-            *extra_args,
+            *worker_command("127.0.0.1", port, extra_args),
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,  # stdout carries the result alone
@@ -144,7 +137,7 @@ async def start_workers(
     ]
 
 
-async def stop_workers(workers: list[asyncio.subprocess.Process], terminate: bool) -> None:
+async def stop_workers(workers: Sequence[Process], terminate: bool) -> None:
     """Workers leave by themselves when the job ends; with ``terminate`` (the job did not
     finish) each gets SIGTERM at once. Any that lingers past the grace period is killed."""
     if terminate:
@@ -162,9 +155,7 @@ async def stop_workers(workers: list[asyncio.subprocess.Process], terminate: boo
         await asyncio.gather(*(w.wait() for w in workers))
 
 
-async def watch_workers(
-    coordinator: Coordinator, workers: list[asyncio.subprocess.Process]
-) -> None:
+async def watch_workers(coordinator: Coordinator, workers: Sequence[Process]) -> None:
     """Abort the job when it can no longer finish: every worker process has exited, or one
     exited before the job could start (it waits for all of them to join)."""
     pending = {asyncio.create_task(w.wait()) for w in workers}
@@ -197,12 +188,16 @@ class Job:
         port: int = 0,
         token: bytes | None = None,
         local_workers: int = 0,
+        spawned: LocalWorkers | None = None,
     ) -> None:
         self.options = options
         self.host = host
         self.port = port
         self.token = secrets.token_hex(16).encode() if token is None else token
         self.local_workers = local_workers
+        self.spawned = spawned  # the local workers, started already (see tally.spawn)
+        if spawned is not None:
+            self.token, self.local_workers = spawned.token, spawned.count
         self.on_outcome: Callable[[Outcome], None] | None = None
         self.signum: int | None = None  # the signal that interrupted the job
         self._coordinator: Coordinator | None = None
@@ -244,30 +239,47 @@ class Job:
     async def _run(self) -> Outcome:
         options = self.options
         check_outputs(options)
-        urls = expand_source(options.source, options.storage_options)
-        spec = job_spec(options, urls, max(1, self.local_workers))
+        urls = expand_source(options.source, options.storage_options)  # a bad one: not listening
         config = coordinator_config(options, self.token, self.host, self.port)
         coordinator = self._coordinator = Coordinator(config)
+        spawned = self.spawned
         try:
-            port = await coordinator.start()
+            port = await coordinator.start(None if spawned is None else spawned.take_socket())
         except OSError as exc:
             raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
-        submitted = coordinator.submit(spec)
-        if self.signum is not None:  # interrupted while the job was being set up
-            self.interrupt(self.signum)
-        extra = ["--kernel", options.kernel, *storage_args(options), *cache_args(options)]
-        if options.task_delay:
-            extra += ["--task-delay", repr(options.task_delay)]
-        workers = await start_workers(port, self.local_workers, self.token, extra)
-        job = asyncio.create_task(coordinator.finish_one(submitted))
-        watch = asyncio.create_task(watch_workers(coordinator, workers))
+        # the workers start (a few tenths of a second: the interpreter, the engine) while
+        # the job is planned; they join and wait for it
+        workers: list[Process] = []
+        if spawned is not None:
+            workers += spawned.processes
+        else:
+            extra = worker_args(options.kernel, options.storage_options, options.task_delay,
+                                  options.cache, options.cache_size)  # fmt: skip
+            workers += await start_workers(port, self.local_workers, self.token, extra)
+        watch: asyncio.Task[None] | None = None
+        loading: asyncio.Task[None] | None = None
         outcome: Outcome | None = None
         try:
+            # the merge's engine loads meanwhile too, on a thread (the loop serves the joins)
+            grouping = options.group_by is not None and options.group_by.wanted
+            loading = asyncio.create_task(asyncio.to_thread(load_merge_engine, grouping))
+            spec = job_spec(options, urls, max(1, self.local_workers))
+            submitted = coordinator.submit(spec)
+            if self.signum is not None:  # interrupted while the job was being set up
+                self.interrupt(self.signum)
+            job = asyncio.create_task(coordinator.finish_one(submitted))
+            watch = asyncio.create_task(watch_workers(coordinator, workers))
             outcome = await job
             write_records(outcome, options)
             if self.on_outcome is not None:
                 self.on_outcome(outcome)
             return outcome
         finally:
-            watch.cancel()
+            if loading is not None:
+                with contextlib.suppress(Exception):  # the merge loads it again, and says why
+                    await loading
+            if watch is None:  # the job could not be planned: its coordinator stops here
+                await coordinator.close("job failed")
+            else:
+                watch.cancel()
             await stop_workers(workers, terminate=outcome is None or outcome.result is None)

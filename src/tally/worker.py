@@ -30,6 +30,7 @@ from tally.net import Connection
 from tally.prefetch import Prefetcher
 from tally.queries import kind_of, to_ipc
 from tally.queries.domains import load_kernel
+from tally.queries.registry import warm_up
 
 log = logging.getLogger("tally.worker")
 
@@ -66,6 +67,7 @@ class Worker:
         self.exit_code = 0
         self.tasks_done = 0
         self.last_beat = 0.0  # event-loop time of the last heartbeat sent
+        self.warming: threading.Thread | None = None  # loads the engines once joined
         self._session_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.cache = None if config.cache_dir is None else PartialCache(
@@ -80,7 +82,6 @@ class Worker:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             load_kernel(self.config.kernel)  # before joining: joined means ready
-            import tally.queries.registry  # noqa: F401  (the query kinds, likewise)
 
             computing = threading.Thread(
                 target=self._compute_loop, args=(loop,), name="tally-compute", daemon=True
@@ -148,6 +149,9 @@ class Worker:
             conn.give_up_after(welcome.lease_s)  # a silent link breaks within the lease
             self.last_beat = time.monotonic()
             log.info("joined as worker %d", welcome.worker_id)
+            if self.warming is None:  # while the job is planned, beside any task: not in one
+                self.warming = threading.Thread(target=warm_up, name="tally-warm-up", daemon=True)
+                self.warming.start()
             for message in self.outbox:
                 conn.send(message)
             self.outbox.clear()

@@ -26,6 +26,7 @@ The partial table has one row per group: the keys ``g0, g1, ...`` and, per aggre
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from tally.errors import ConfigError, PartitionError
 from tally.kernels import DEFAULT_RECORD_LIMIT
 from tally.kernels.lines import LineChunks
 from tally.queries.expr import Col, columns_of, normalize_type, to_sql
-from tally.queries.plan import FUNCS, Plan
+from tally.queries.plan import FUNCS, Plan, plan_from_flags
 
 CHUNK_SIZE = 8 << 20  # bytes of whole lines parsed at a time (bench/groupby_speed.py)
 _EXACT_SUM = ("DECIMAL", "HUGEINT", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT")
@@ -88,6 +89,23 @@ def connection(purpose: str = "query") -> duckdb.DuckDBPyConnection:
     return con
 
 
+SOURCE = "__tally_source"  # the name of the Arrow data in the queries below
+
+
+def arrow_sql(
+    data: pa.Table | pa.RecordBatchReader, sql: str, purpose: str = "query"
+) -> duckdb.DuckDBPyRelation:
+    """``sql`` over the Arrow ``data``, named :data:`SOURCE` in it. Always a stream, through
+    ``from_arrow``: registering a Python object, or reading a table, makes DuckDB import
+    pandas (when it is installed) to check its type, tenths of a second on a worker's first
+    task."""
+    if isinstance(data, pa.Table):
+        data = pa.RecordBatchReader.from_batches(data.schema, data.to_batches())
+    relation = connection(purpose).from_arrow(data).query(SOURCE, sql)
+    assert relation is not None  # a SELECT always has one
+    return relation
+
+
 class PartialLayout:
     """How a bound plan turns into SQL: the input schema, and one aggregation query."""
 
@@ -103,17 +121,14 @@ class PartialLayout:
 
     def _describe(self) -> list[str]:
         """The DuckDB type of every aggregate's argument (and a check of the whole plan)."""
-        con = connection()
         exprs = [to_sql(a.arg, _column_sql) for a in self.plan.aggregates if a.arg is not None]
         where = to_sql(self.plan.where, _column_sql) if self.plan.where is not None else "TRUE"
         try:
-            con.register("__tally_empty", self.schema.empty_table())
-            rel = con.sql(f"SELECT {', '.join([*exprs, where])} FROM __tally_empty")
+            select = f"SELECT {', '.join([*exprs, where])} FROM {SOURCE}"
+            rel = arrow_sql(pa.RecordBatchReader.from_batches(self.schema, []), select)
             types = [str(t) for t in rel.types]
         except duckdb.Error as e:
             raise ConfigError(f"bad query: {_one_line(e)}") from None
-        finally:
-            con.unregister("__tally_empty")
         if types[-1] not in ("BOOLEAN", '"NULL"', "NULL"):
             raise ConfigError(f"the where clause must be a condition, not a {types[-1]}")
         it = iter(types)
@@ -256,14 +271,8 @@ class _Parser:
             value = f"TRY_CAST({f.name} AS {duck})" if duck != "VARCHAR" else f.name
             casts.append(f"{value} AS {f.name}")
             checks.append(f"({f.name} IS NULL OR {value} IS NOT NULL)")
-        con = connection("cast")
-        con.register("__tally_text", text)
-        try:
-            typed = con.sql(
-                f"SELECT {', '.join(casts)} FROM __tally_text WHERE {' AND '.join(checks)}"
-            ).to_arrow_table()
-        finally:
-            con.unregister("__tally_text")
+        select = f"SELECT {', '.join(casts)} FROM {SOURCE} WHERE {' AND '.join(checks)}"
+        typed = arrow_sql(text, select, "cast").to_arrow_table()
         self.unparsable += text.num_rows - typed.num_rows
         return typed.cast(self.layout.schema)
 
@@ -305,17 +314,13 @@ def compute_partial(
             failure.append(e)
             raise
 
-    con = connection()
     reader = pa.RecordBatchReader.from_batches(layout.schema, batches())
-    con.register("__tally_source", reader)
     try:
-        table = con.sql(layout.query("__tally_source")).to_arrow_table()
+        table = arrow_sql(reader, layout.query(SOURCE)).to_arrow_table()
     except duckdb.Error as e:
         if failure:
             raise failure[0] from None
         raise PartitionError(f"query failed on the data: {_one_line(e)}", retryable=False) from None
-    finally:
-        con.unregister("__tally_source")
     if failure:
         raise failure[0]
     malformed = parser.invalid + parser.unparsable + chunks.oversized
@@ -325,3 +330,20 @@ def compute_partial(
         malformed=malformed,
         bytes_read=chunks.bytes_read,
     )
+
+
+# a few lines with every type a task converts (text, integer, DECIMAL, double, date)
+_WARM_UP_LINES = b"a|1|2.50|0.5|1998-01-02|\nb|2|3.25|1.5|1998-01-03|\n"
+
+
+def warm_up() -> None:
+    """Load the engine and run one tiny task: DuckDB, PyArrow's CSV reader and their first
+    queries cost a few tenths of a second once per process (a connection, per thread, a few
+    hundredths). A worker does this once joined, so its first task costs what the others do."""
+    plan = plan_from_flags(
+        delimiter="|",
+        group_by=["1"],
+        aggs=["count", "sum:2", "avg:3", "sum:4", "max:5", "count_distinct:2"],
+        sample=_WARM_UP_LINES,
+    )
+    compute_partial(plan, io.BytesIO(_WARM_UP_LINES))

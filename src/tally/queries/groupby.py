@@ -23,12 +23,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
+import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from tally.errors import ProtocolError
-from tally.kernels.delimited import GroupPartial, connection
+from tally.kernels.delimited import SOURCE, GroupPartial, arrow_sql
 from tally.queries.plan import Plan
 
 _CONDENSE_AT = 16  # a group's list of double sums longer than this becomes an exact expansion
@@ -118,9 +120,8 @@ class GroupMerger:
         self.bytes_read += partial.bytes_read
         for name in self._double_sums:  # one value per partial -> a list of them
             sums = table[name].combine_chunks()
-            lists = pa.ListArray.from_arrays(
-                pa.array(range(len(sums) + 1), pa.int32()), pc.fill_null(sums, 0.0)
-            )
+            zeros = pc.fill_null(sums, _zero(pa.float64(), np.float64))
+            lists = pa.ListArray.from_arrays(_offsets(len(sums) + 1), zeros)
             table = table.set_column(table.schema.get_field_index(name), name, lists)
         self._tables.append(table)
         self._rows += table.num_rows
@@ -158,14 +159,8 @@ class GroupMerger:
             else:
                 items.append(f"list_distinct(flatten(list({name}))) AS {name}")
         group = f" GROUP BY {', '.join(keys)}" if keys else ""
-        con = connection("merge")
-        con.register("__tally_partials", table)
-        try:
-            merged = con.sql(f"SELECT {', '.join(items)} FROM __tally_partials{group}")
-            out = merged.to_arrow_table()
-        finally:
-            con.unregister("__tally_partials")
-        return out.cast(table.schema)
+        merged = arrow_sql(table, f"SELECT {', '.join(items)} FROM {SOURCE}{group}", "merge")
+        return merged.to_arrow_table().cast(table.schema)
 
     def _condense(self, table: pa.Table) -> pa.Table:
         for name in self._double_sums:
@@ -194,7 +189,7 @@ class GroupMerger:
         for agg in self.plan.aggregates:
             counted = agg.func in ("count", "count_distinct")
             columns.append(pa.array([0] * rows, pa.int64()) if counted else pa.nulls(rows))
-        return _order(self.plan, pa.table(columns, names=list(self.plan.output_names)))
+        return _order(self.plan, pa.Table.from_arrays(columns, list(self.plan.output_names)))
 
 
 def exact_expansion(values: Iterable[float]) -> list[float]:
@@ -226,10 +221,11 @@ def finalize(plan: Plan, table: pa.Table) -> pa.Table:
             columns.append(table[f"a{j}_v"])
         elif agg.func == "count_distinct":
             distinct = pc.list_value_length(table[f"a{j}_d"]).cast(pa.int64())
-            columns.append(pc.fill_null(distinct, 0))  # no value but NULLs: none distinct
+            zero = _zero(pa.int64(), np.int64)  # no value but NULLs: none distinct
+            columns.append(pc.fill_null(distinct, zero))
         else:
             columns.append(_sum_or_avg(agg.func, table[f"a{j}_n"], table[f"a{j}_s"]))
-    return _order(plan, pa.table(columns, names=list(plan.output_names)))
+    return _order(plan, pa.Table.from_arrays(columns, list(plan.output_names)))
 
 
 def _sum_or_avg(func: str, counts: pa.ChunkedArray, sums: pa.ChunkedArray) -> pa.Array:
@@ -237,10 +233,8 @@ def _sum_or_avg(func: str, counts: pa.ChunkedArray, sums: pa.ChunkedArray) -> pa
     if pa.types.is_list(sums.type):
         totals = [math.fsum(v) if c else None for v, c in zip(sums.to_pylist(), n, strict=True)]
         if func == "sum":
-            return pa.array(totals, pa.float64())
-        return pa.array(
-            [t / c if c else None for t, c in zip(totals, n, strict=True)], pa.float64()
-        )
+            return _doubles(totals)
+        return _doubles([t / c if c else None for t, c in zip(totals, n, strict=True)])
     if func == "sum":
         return sums.combine_chunks()
     values = sums.to_pylist()  # Decimal: exact, so the quotient is rounded once
@@ -248,7 +242,27 @@ def _sum_or_avg(func: str, counts: pa.ChunkedArray, sums: pa.ChunkedArray) -> pa
         float(Fraction(v) / c) if c and v is not None else None
         for v, c in zip(values, n, strict=True)
     ]
-    return pa.array(averages, pa.float64())
+    return _doubles(averages)
+
+
+def _zero(kind: pa.DataType, dtype: type[np.number[Any]]) -> pa.Scalar:
+    """A zero of ``kind`` (see :func:`_doubles`: ``pa.scalar`` would import pandas)."""
+    return pa.Array.from_buffers(kind, 1, [None, pa.py_buffer(np.zeros(1, dtype))])[0]
+
+
+def _offsets(count: int) -> pa.Array:
+    """0, 1, ..., count - 1 as int32 (see :func:`_doubles`)."""
+    data = np.arange(count, dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), count, [None, pa.py_buffer(data)])
+
+
+def _doubles(values: list[float | None]) -> pa.Array:
+    """A double column from Python values, built from its buffers: ``pa.array`` and
+    ``pa.table`` import pandas, when installed, to check their input (0.2 s of a cold run)."""
+    valid = np.array([v is not None for v in values], dtype=bool)
+    data = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
+    bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.float64(), len(values), [bitmap, pa.py_buffer(data)])
 
 
 def _order(plan: Plan, table: pa.Table) -> pa.Table:
@@ -266,3 +280,9 @@ def _order(plan: Plan, table: pa.Table) -> pa.Table:
     if plan.select:
         table = table.select(list(plan.select))
     return table
+
+
+def warm_up() -> None:
+    """Load what the first merge and finalize would load on the way to the answer (DuckDB,
+    Arrow's conversions). A coordinator calls this on a thread while its workers start."""
+    _doubles([1.0, None])

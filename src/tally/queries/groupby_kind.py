@@ -49,29 +49,29 @@ class GroupByMerger:
     """:class:`GroupMerger` on the merger interface of every kind."""
 
     def __init__(self, plan: Plan) -> None:
-        from tally.queries.groupby import GroupMerger
-
         self.plan = plan
-        self._merger: GroupMerger = GroupMerger(plan)
+        self.lines = 0
+        self.malformed = 0
+        self._merger: GroupMerger | None = None  # made with the first rows: it loads DuckDB
 
-    @property
-    def lines(self) -> int:
-        return self._merger.lines
+    def _rows(self) -> GroupMerger:
+        if self._merger is None:
+            from tally.queries.groupby import GroupMerger
 
-    @property
-    def malformed(self) -> int:
-        return self._merger.malformed
+            self._merger = GroupMerger(self.plan)
+        return self._merger
 
     def add(self, table: pa.Table | None, lines: int, malformed: int) -> None:
-        if table is None:  # a task without rows: only its accounting
-            self._merger.lines += lines
-            self._merger.malformed += malformed
-            return
-        from tally.kernels.delimited import GroupPartial
+        if table is not None:  # else a task without rows: only its accounting
+            from tally.kernels.delimited import GroupPartial
 
-        self._merger.add(GroupPartial(table, lines, malformed))
+            self._rows().add(GroupPartial(table, 0, 0))
+        self.lines += lines
+        self.malformed += malformed
 
     def finalize(self, failed_partitions: list[str] | None = None) -> QueryResult:
-        done = self._merger.result(failed_partitions or [])
+        merger = self._rows()
+        merger.lines, merger.malformed = self.lines, self.malformed
+        done = merger.result(failed_partitions or [])
         return QueryResult(self.plan, done.table, done.lines, done.malformed,
                            list(done.failed_partitions))  # fmt: skip
