@@ -368,6 +368,10 @@ def _spawn_workers(args: argparse.Namespace) -> LocalWorkers:
     """The local workers, started before anything else (see :mod:`tally.spawn`)."""
     from tally.spawn import LocalWorkers, worker_args
 
+    if args.cache is not None:  # checked here, or each worker would say so too
+        from tally.cache import PartialStore
+
+        PartialStore(args.cache, args.cache_size).close()  # ConfigError if unwritable
     count = args.workers or os.cpu_count() or 2
     extra = worker_args(args.kernel, dict(args.storage_option), args.task_delay,
                         args.cache, args.cache_size)  # fmt: skip
