@@ -4,7 +4,16 @@ writing a result file atomically.
 A local folder is listed with ``os.scandir`` (versions as :func:`tally.storage.ranges.describe`
 gives them: size and mtime in nanoseconds); any other URL through its fsspec filesystem
 (``az://``, ``s3://`` when adlfs or s3fs is installed): one recursive listing per poll,
-the version being the ETag the listing carries.
+the version being the ETag the listing carries (a blob or object is listed only once its
+upload is committed, so it never needs to settle).
+
+What bounds a listing's cost: one flat listing of the prefix, paged by the store (5,000
+blobs a page on Azure, 1,000 keys on S3), so a poll costs about N/1000 requests and time
+linear in the N objects under the prefix (measured at 10,000 objects: see
+``bench/watch_latency.py --listing``). A name-ordered "start after the last name seen"
+listing would be cheaper but would miss a re-uploaded object, whose name sorts before the
+checkpoint; with ``--notify`` the listing is only a slow backfill (``--poll-interval``
+defaults to 60 s there) and each event costs one describe of its object.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ def _list_fsspec(source: str) -> list[Listed]:
 
     fs, root = fsspec.core.url_to_fs(source)
     root = root.rstrip("/")
+    fs.invalidate_cache()  # a listing kept from the previous poll would hide new objects
     found: list[Listed] = []
     for path, info in fs.find(root, detail=True).items():
         if info.get("type") == "directory":
@@ -76,8 +86,30 @@ def _list_fsspec(source: str) -> list[Listed]:
         if not name or ignored(name):
             continue
         version, mtime = version_of(info)
-        found.append(Listed(name, str(fs.unstrip_protocol(path)), version, mtime))
+        found.append(Listed(name, object_url(source, name), version, mtime))
     return found
+
+
+def object_url(source: str, name: str) -> str:
+    """The URL of object ``name`` under the watched prefix SOURCE."""
+    return f"{source.rstrip('/')}/{name}"
+
+
+def describe(url: str, name: str) -> Listed | None:
+    """Object ``url`` as a listing would show it under ``name``; None if it does not exist
+    (other errors, such as access refused or storage down, are raised)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache(path)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    if info.get("type") == "directory":
+        return None
+    version, mtime = version_of(info)
+    return Listed(name, url, version, mtime)
 
 
 def version_of(info: dict[str, Any]) -> tuple[str, float | None]:

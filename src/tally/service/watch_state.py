@@ -85,8 +85,7 @@ class WatchState:
             seen = self._seen.get(obj.name)
             if seen is None or seen.version != obj.version:
                 seen = self._seen[obj.name] = _Sighting(obj.version, now)
-            known = self.checkpoint.get(obj.name)
-            if known is not None and (known.version == obj.version or known.state == RUNNING):
+            if self.wanted(obj) != "new":
                 continue
             stable_since = seen.since if obj.mtime is None else min(seen.since, obj.mtime)
             if now - stable_since >= self.settle_s:
@@ -94,6 +93,20 @@ class WatchState:
         for gone in set(self._seen) - listed:  # a deleted object's sighting is forgotten
             del self._seen[gone]
         return ready
+
+    def wanted(self, obj: Listed) -> str:
+        """Whether a job of ``obj`` is due, settling aside: ``new`` (its version was never
+        given a job), ``known`` (it was: a duplicate or an older sighting), ``waiting``
+        (another version's job is running; the newer one is due once that ends) or
+        ``ignored`` (a name that is not an object to process)."""
+        if ignored(obj.name):
+            return "ignored"
+        known = self.checkpoint.get(obj.name)
+        if known is None:
+            return "new"
+        if known.version == obj.version:
+            return "known"
+        return "waiting" if known.state == RUNNING else "new"
 
     def started(self, obj: Listed, job: str) -> Checkpointed:
         """The checkpoint entry of ``obj`` once its job is accepted."""
