@@ -182,11 +182,16 @@ class SqsQueue:
         parts = urlsplit(url)
         config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5,
                         read_timeout=30)  # fmt: skip
-        self._sqs = boto3.client("sqs", config=config)
         if parts.scheme == "sqs":
             self.name, self._url = parts.netloc, ""
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         else:
             self.name, self._url = parts.path.rsplit("/", 1)[1], url
+            region = (parts.hostname or "").split(".")[1]
+        try:
+            self._sqs = boto3.client("sqs", config=config, region_name=region or None)
+        except Exception as exc:  # no region, a malformed endpoint: the configuration's
+            raise ConfigError(f"--notify {url}: {exc}") from exc
         self._poison_url = ""
 
     def _queue_url(self) -> str:
