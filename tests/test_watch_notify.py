@@ -321,3 +321,33 @@ def s3_created_body(bucket: str, key: str) -> str:
     from test_notify import s3_created
 
     return s3_created(bucket, key)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--watch", "{tmp}", "--notify", "sqs://q"), "carries events of S3 (s3://): it cannot"),
+        (("--watch", "az://c/p/", "--notify", "sqs://q"), "cannot notify of az://c/p/"),
+        (("--watch", "s3://c/p/", "--notify", "s3://q"), "give azqueue://ACCOUNT/QUEUE"),
+        (("--notify", "sqs://q"), "--notify and the query options go with --watch"),
+        (("--watch", "az://c/p/", "--notify", "azqueue://other/q"), "is for account"),
+    ],
+)
+def test_a_notify_option_that_cannot_work_is_refused_in_one_line(
+    tmp_path: Path, args: tuple[str, ...], error: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    connection = queue_connection_string("http://127.0.0.1:1/x", "http://127.0.0.1:1/x")
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "serve", "--port", "0", "--http-port", "0",
+         "--state", str(tmp_path / "s.db"), "--output", str(tmp_path / "out"),
+         *(a.format(tmp=tmp_path) for a in args)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": connection},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("tally: ") and error in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
