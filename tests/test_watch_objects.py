@@ -61,7 +61,9 @@ def test_a_watched_prefix_processes_each_upload_once_across_a_sigkill_and_re_upl
     source, output = f"{store.scheme}://{container}/in/", f"{store.scheme}://{container}/out"
     parts = sample_parts(8)
     names = sorted(parts)
-    args = ("--watch", source, "--output", output, "--poll-interval", "0.05", "--all")
+    # a blob is listed only once committed: no settling, however long --settle is
+    args = ("--watch", source, "--output", output, "--poll-interval", "0.05", "--all",
+            "--settle", "3600")  # fmt: skip
     state = tmp_path / "state.db"
     server = start_server(procs, state, *args)
     start_workers(procs, server.worker_port, 2, "--task-delay", "0.3")
