@@ -63,7 +63,7 @@ def test_a_watched_prefix_processes_each_upload_once_across_a_sigkill_and_re_upl
     names = sorted(parts)
     # a blob is listed only once committed: no settling, however long --settle is
     args = ("--watch", source, "--output", output, "--poll-interval", "0.05", "--all",
-            "--settle", "3600")  # fmt: skip
+            "--settle", "3600", "--full-listing-interval", "0.5")  # fmt: skip
     state = tmp_path / "state.db"
     server = start_server(procs, state, *args)
     start_workers(procs, server.worker_port, 2, "--task-delay", "0.3")
@@ -104,3 +104,43 @@ def test_a_watched_prefix_processes_each_upload_once_across_a_sigkill_and_re_upl
     assert jobs_by_object(client)[names[0]] == ["succeeded", "succeeded"]
     assert server.terminate() == 0
     assert "Traceback" not in server.log()
+
+
+def test_listing_only_the_names_after_the_last_one_seen(
+    store: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tally.service.watch_io import list_after, list_objects
+
+    use(store, monkeypatch)
+    container = store.new_container()
+    names = ["a.tsv", "b.tsv", "c/d.tsv", "c/_tmp.tsv", "_SUCCESS", "e.tsv"]
+    store.upload(container, {f"in/{n}": n.encode() for n in names})
+    store.upload(container, {"other/z.tsv": b"z", "in.tsv": b"i"})
+    source = f"{store.scheme}://{container}/in/"
+    every = {o.name: o for o in list_objects(source)}
+    assert sorted(every) == ["a.tsv", "b.tsv", "c/d.tsv", "e.tsv"]
+    assert {o.name: o for o in list_after(source, "")} == every
+    assert [o.name for o in list_after(source, "b.tsv")] == ["c/d.tsv", "e.tsv"]
+    assert list_after(source, "b.tsv")[0] == every["c/d.tsv"]  # the same URL and version
+    assert list_after(source, "e.tsv") == []
+
+
+def test_between_full_listings_new_names_are_found_by_listing_what_comes_after(
+    procs: Procs, tmp_path: Path, store: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use(store, monkeypatch)
+    container = store.new_container()
+    source, out = f"{store.scheme}://{container}/in/", tmp_path / "out"
+    # one full listing, at the start; then only what follows the greatest name seen
+    args = ("--watch", source, "--output", str(out), "--poll-interval", "0.05", "--all",
+            "--full-listing-interval", "3600")  # fmt: skip
+    server = start_server(procs, tmp_path / "state.db", *args)
+    start_workers(procs, server.worker_port, 1)
+    parts = sample_parts(3)
+    for name in sorted(parts):  # growing names: each found by a listing of what follows
+        store.upload(container, {f"in/{name}": parts[name]})
+        wait_until(lambda n=name: (out / f"{n}.json").exists(), 60, f"{name}'s result")
+    assert server.terminate() == 0
+    for name in parts:
+        assert json.loads((out / f"{name}.json").read_text()) == expected(parts[name], tmp_path)
+    assert json.loads((out / "_total.json").read_text()) == expected(SAMPLE.read_bytes(), tmp_path)

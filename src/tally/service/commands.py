@@ -145,6 +145,15 @@ def _watch_options(serve: argparse.ArgumentParser) -> None:
         help="seconds between listings (default 0.5; 60 with --notify)",
     )
     watch.add_argument(
+        "--full-listing-interval",
+        type=_bounded(float, 0, 86400),
+        default=30.0,
+        metavar="S",
+        help="az:// and s3://: seconds between full listings; the listings between them ask "
+        "only for names after the greatest one seen, so a re-uploaded object or a new name "
+        "that sorts earlier is found by the next full one (default 30)",
+    )
+    watch.add_argument(
         "--notify",
         metavar="QUEUE_URL",
         help="a queue of object-created events for the watched az:// or s3:// prefix",

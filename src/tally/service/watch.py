@@ -41,6 +41,7 @@ from tally.service.watch_events import EventConsumer
 from tally.service.watch_io import (
     check_places,
     describe,
+    list_after,
     list_objects,
     object_url,
     output_url,
@@ -67,6 +68,7 @@ class WatchConfig:
     record_limit: int = 1 << 20
     split_size: int = 64 << 20
     job: JobConfig = field(default_factory=JobConfig)
+    full_listing_s: float = 30.0  # between full listings, only names after the last are listed
     notify: str | None = None  # a queue of object-created events
     max_tries: int = 3  # receipts of a failing message before it is dead-lettered
     events: str | None = None  # where the watcher's records go (JSON lines)
@@ -165,9 +167,16 @@ class Watcher:
     # --- polling -----------------------------------------------------------------------------
 
     async def _poll(self) -> None:
+        full_at, after = 0.0, ""  # when the next full listing is due; the greatest name seen
         while True:
+            full = not is_remote(self.config.source) or time.monotonic() >= full_at
             try:
-                listing = await asyncio.to_thread(list_objects, self.config.source)
+                if full:
+                    started = time.monotonic()
+                    listing = await asyncio.to_thread(list_objects, self.config.source)
+                    full_at = started + self.config.full_listing_s
+                else:  # only the names after the greatest one seen
+                    listing = await asyncio.to_thread(list_after, self.config.source, after)
             except Exception as exc:  # storage down: say so once, keep polling
                 problem = f"{type(exc).__name__}: {exc}"
                 if problem != self._listing_failed:
@@ -177,7 +186,8 @@ class Watcher:
                 if self._listing_failed:
                     log.info("listing %s again", self.config.source)
                 self._listing_failed = ""
-                for obj in self.state.poll(listing, time.time()):
+                after = max([after, *(obj.name for obj in listing)])
+                for obj in self.state.poll(listing, time.time(), complete=full):
                     if self.service.draining:
                         break
                     self.note("detected", obj, "listing")
@@ -355,6 +365,7 @@ def watch_config(args: Any) -> WatchConfig:
         plan=plan,
         query=query,
         poll_s=poll_s,
+        full_listing_s=args.full_listing_interval,
         settle_s=0.0 if remote else args.settle,  # a blob is listed once committed
         record_limit=args.record_limit,
         split_size=args.split_size,

@@ -73,9 +73,10 @@ class WatchState:
             else set(contributed)
         )
 
-    def poll(self, listing: Iterable[Listed], now: float) -> list[Listed]:
+    def poll(self, listing: Iterable[Listed], now: float, complete: bool = True) -> list[Listed]:
         """The objects of ``listing`` to submit now, in name order: a version not in the
-        checkpoint, settled, and no job of the same object still running."""
+        checkpoint, settled, and no job of the same object still running. ``complete``:
+        the listing shows every object (else one missing from it is not forgotten)."""
         ready: list[Listed] = []
         listed: set[str] = set()
         for obj in sorted(listing, key=lambda o: o.name):
@@ -90,8 +91,8 @@ class WatchState:
             stable_since = seen.since if obj.mtime is None else min(seen.since, obj.mtime)
             if now - stable_since >= self.settle_s:
                 ready.append(obj)
-        for gone in set(self._seen) - listed:  # a deleted object's sighting is forgotten
-            del self._seen[gone]
+        for gone in set(self._seen) - listed if complete else ():
+            del self._seen[gone]  # a deleted object's sighting is forgotten
         return ready
 
     def wanted(self, obj: Listed) -> str:
