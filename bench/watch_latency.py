@@ -20,7 +20,9 @@ commits included) and write (job end to result file written). ``upload_to_result
 sum. Prints a table and writes every figure to bench/results/watch_latency.json.
 
 The listing part uploads N tiny objects under a fresh prefix of each store and times
-:func:`tally.service.watch_io.list_objects` (the median of 3), the cost every poll pays.
+:func:`tally.service.watch_io.list_objects` (the median of 3), what a full listing costs,
+beside the SDK alone, and :func:`tally.service.watch_io.list_after` from the last name, what
+a poll between full listings costs when nothing is new.
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ def run_one(kind: str, store: Server | None, queue_endpoint: str, args: Any) -> 
 
 
 def time_listing(store: Server, sizes: list[int]) -> list[dict[str, Any]]:
-    from tally.service.watch_io import list_objects
+    from tally.service.watch_io import list_after, list_objects
 
     os.environ.update(store.run_env())
     container, fs, have, found = store.new_container(), store.fs(), 0, []
@@ -213,8 +215,14 @@ def time_listing(store: Server, sizes: list[int]) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             assert sdk_listing(store, container) == size
             sdk.append(time.perf_counter() - t0)
+        after = []
+        for _ in range(3):  # a poll between full listings, nothing new since the last name
+            t0 = time.perf_counter()
+            assert list_after(f"{store.scheme}://{container}/in/", f"obj-{size - 1:06d}.tsv") == []
+            after.append(time.perf_counter() - t0)
         found.append({"store": store.scheme, "objects": size,
                       "listing_s": round(statistics.median(times), 3),
+                      "after_last_s": round(statistics.median(after), 3),
                       "sdk_alone_s": round(statistics.median(sdk), 3)})  # fmt: skip
     return found
 
@@ -288,7 +296,8 @@ def main() -> None:
     print(table(runs))
     for row in listings:
         print(f"listing {row['store']} prefix of {row['objects']} objects: {row['listing_s']} s "
-              f"(the SDK alone: {row['sdk_alone_s']} s)")  # fmt: skip
+              f"(the SDK alone: {row['sdk_alone_s']} s); after the last name: "
+              f"{row['after_last_s']} s")  # fmt: skip
 
 
 if __name__ == "__main__":
