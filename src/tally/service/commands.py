@@ -147,11 +147,12 @@ def _watch_options(serve: argparse.ArgumentParser) -> None:
     watch.add_argument(
         "--full-listing-interval",
         type=_bounded(float, 0, 86400),
-        default=30.0,
+        default=None,
         metavar="S",
         help="az:// and s3://: seconds between full listings; the listings between them ask "
         "only for names after the greatest one seen, so a re-uploaded object or a new name "
-        "that sorts earlier is found by the next full one (default 30)",
+        "that sorts earlier is found by the next full one (default: ten times as long as "
+        "the last full listing took, so full listings take about a tenth of the time)",
     )
     watch.add_argument(
         "--notify",

@@ -55,6 +55,7 @@ log = logging.getLogger("tally.watch")
 TOTAL = "_total"
 POLL_S = 0.5  # seconds between listings
 NOTIFY_BACKFILL_S = 60.0  # ... when events come from a queue: a backfill
+FULL_LISTING_SHARE = 10.0  # full listings take at most about a tenth of the time
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class WatchConfig:
     record_limit: int = 1 << 20
     split_size: int = 64 << 20
     job: JobConfig = field(default_factory=JobConfig)
-    full_listing_s: float = 30.0  # between full listings, only names after the last are listed
+    full_listing_s: float | None = None  # between full listings only names after the last are
+    # listed; None: a full listing once FULL_LISTING_SHARE times its own duration has passed
     notify: str | None = None  # a queue of object-created events
     max_tries: int = 3  # receipts of a failing message before it is dead-lettered
     events: str | None = None  # where the watcher's records go (JSON lines)
@@ -174,7 +176,9 @@ class Watcher:
                 if full:
                     started = time.monotonic()
                     listing = await asyncio.to_thread(list_objects, self.config.source)
-                    full_at = started + self.config.full_listing_s
+                    took = time.monotonic() - started
+                    every = self.config.full_listing_s
+                    full_at = started + (FULL_LISTING_SHARE * took if every is None else every)
                 else:  # only the names after the greatest one seen
                     listing = await asyncio.to_thread(list_after, self.config.source, after)
             except Exception as exc:  # storage down: say so once, keep polling
