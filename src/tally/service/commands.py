@@ -151,8 +151,8 @@ def _watch_options(serve: argparse.ArgumentParser) -> None:
         metavar="S",
         help="az:// and s3://: seconds between full listings; the listings between them ask "
         "only for names after the greatest one seen, so a re-uploaded object or a new name "
-        "that sorts earlier is found by the next full one (default: ten times as long as "
-        "the last full listing took, so full listings take about a tenth of the time)",
+        "that sorts earlier is found by the next full one (default: every poll while a full "
+        "listing takes less than --poll-interval, else ten times as long as it took)",
     )
     watch.add_argument(
         "--notify",

@@ -70,7 +70,7 @@ class WatchConfig:
     split_size: int = 64 << 20
     job: JobConfig = field(default_factory=JobConfig)
     full_listing_s: float | None = None  # between full listings only names after the last are
-    # listed; None: a full listing once FULL_LISTING_SHARE times its own duration has passed
+    # listed; None: see Watcher._full_listing_gap
     notify: str | None = None  # a queue of object-created events
     max_tries: int = 3  # receipts of a failing message before it is dead-lettered
     events: str | None = None  # where the watcher's records go (JSON lines)
@@ -177,8 +177,7 @@ class Watcher:
                     started = time.monotonic()
                     listing = await asyncio.to_thread(list_objects, self.config.source)
                     took = time.monotonic() - started
-                    every = self.config.full_listing_s
-                    full_at = started + (FULL_LISTING_SHARE * took if every is None else every)
+                    full_at = started + self._full_listing_gap(took)
                 else:  # only the names after the greatest one seen
                     listing = await asyncio.to_thread(list_after, self.config.source, after)
             except Exception as exc:  # storage down: say so once, keep polling
@@ -197,6 +196,14 @@ class Watcher:
                     self.note("detected", obj, "listing")
                     await self.consider(obj, "listing")
             await asyncio.sleep(self.config.poll_s)
+
+    def _full_listing_gap(self, took: float) -> float:
+        """Seconds from one full listing to the next: ``--full-listing-interval``, else none
+        while a full listing is quicker than a poll interval (every poll lists in full),
+        and then ten times its duration, so full listings take about a tenth of the time."""
+        if self.config.full_listing_s is not None:
+            return self.config.full_listing_s
+        return 0.0 if took <= self.config.poll_s else FULL_LISTING_SHARE * took
 
     async def consider(self, obj: Listed, via: str) -> str:
         """Submit a job of ``obj`` if its version is due. Returns ``submitted``,

@@ -15,8 +15,9 @@ start after a name (S3's ``StartAfter``, Azure's ``startFrom``), so between full
 :func:`list_after` asks only for the names after the greatest one seen: one request when
 names grow (dated or numbered uploads), whatever the prefix holds. A re-uploaded object,
 or a new one whose name sorts earlier, waits for the next full listing
-(``--full-listing-interval``; by default ten times the last full listing's duration: every
-poll for a small prefix, about every 80 s for 10,000 objects on Azurite). With
+(``--full-listing-interval``; by default every poll while a full listing is quicker than
+``--poll-interval``, else ten times the last one's duration: about every minute for
+10,000 objects on the local servers). With
 ``--notify`` the listing is only a slow backfill (``--poll-interval`` defaults to 60 s
 there) and each event costs one describe.
 """
