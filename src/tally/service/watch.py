@@ -170,6 +170,7 @@ class Watcher:
 
     async def _poll(self) -> None:
         full_at, after = 0.0, ""  # when the next full listing is due; the greatest name seen
+        first = True  # the first listing's time includes opening the store's client
         while True:
             full = not is_remote(self.config.source) or time.monotonic() >= full_at
             try:
@@ -177,7 +178,8 @@ class Watcher:
                     started = time.monotonic()
                     listing = await asyncio.to_thread(list_objects, self.config.source)
                     took = time.monotonic() - started
-                    full_at = started + self._full_listing_gap(took)
+                    full_at = started + (0.0 if first else self._full_listing_gap(took))
+                    first = False
                 else:  # only the names after the greatest one seen
                     listing = await asyncio.to_thread(list_after, self.config.source, after)
             except Exception as exc:  # storage down: say so once, keep polling
