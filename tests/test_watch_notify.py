@@ -174,6 +174,8 @@ def test_events_bring_each_version_in_once_despite_duplicates_reordering_and_out
     client = server.client()
     wait_until(workers_alive(client, 1), what="a worker")
     wait_until(lambda: "reading object-created events" in server.log(), what="the consumer")
+    # from now on only events bring objects in (the next listing is an hour away)
+    wait_until(lambda: "listed " in server.log(), 60, "the first listing")
     a_old = feed.upload("in/a.tsv", lines(0, 60))
     feed.upload("in/b.tsv", lines(60, 120))
     feed.upload("other/c.tsv", lines(120, 130))  # outside the watched prefix

@@ -179,6 +179,9 @@ class Watcher:
                     listing = await asyncio.to_thread(list_objects, self.config.source)
                     took = time.monotonic() - started
                     full_at = started + (0.0 if first else self._full_listing_gap(took))
+                    if first:
+                        log.info("listed %s: %d object(s) in %.2fs", self.config.source,
+                                 len(listing), took)  # fmt: skip
                     first = False
                 else:  # only the names after the greatest one seen
                     listing = await asyncio.to_thread(list_after, self.config.source, after)
