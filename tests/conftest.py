@@ -25,7 +25,7 @@ from tally.protocol import QuerySpec
 from tally.queries import format_result, merger_for
 from tally.queries.domains import to_table
 
-pytest_plugins = ["storage_servers"]  # Azurite and an S3 server, started when a test asks
+pytest_plugins = ["storage_servers", "queue_servers"]  # Azurite, an S3 server, queues: on demand
 
 # the real reference data: 200 lines of the ClickBench hits log and its published top 25
 DATA = Path(__file__).resolve().parent / "data"

@@ -119,7 +119,15 @@ def _watch_options(serve: argparse.ArgumentParser) -> None:
         "the same query over every object seen so far. Each object version (size and mtime "
         "of a file, ETag of an object) is processed once, across restarts too; a changed "
         "object is processed again and replaces its old contribution to the total. Hidden "
-        "and _-prefixed names are left out.",
+        "and _-prefixed names are left out. With --notify, object-created events from a "
+        "queue trigger the jobs at once and the listing becomes a backfill. QUEUE_URL: "
+        "azqueue://ACCOUNT/QUEUE or https://ACCOUNT.queue.core.windows.net/QUEUE (Event Grid "
+        "BlobCreated events on an Azure Storage queue; credentials from "
+        "AZURE_STORAGE_CONNECTION_STRING, else AZURE_STORAGE_KEY or Azure's default chain), "
+        "sqs://QUEUE or https://sqs.REGION.amazonaws.com/ACCOUNT_ID/QUEUE (S3 event "
+        "notifications; boto3's configuration, AWS_ENDPOINT_URL for a local server). A "
+        "message that cannot be used is tried --notify-tries times, then moved with its "
+        "reason to the queue QUEUE-poison.",
     )
     watch.add_argument(
         "--watch",
@@ -132,17 +140,45 @@ def _watch_options(serve: argparse.ArgumentParser) -> None:
     watch.add_argument(
         "--poll-interval",
         type=_bounded(float, 0.01, 86400),
-        default=0.5,
+        default=None,
         metavar="S",
-        help="seconds between listings (default 0.5)",
+        help="seconds between listings (default 0.5; 60 with --notify)",
+    )
+    watch.add_argument(
+        "--full-listing-interval",
+        type=_bounded(float, 0, 86400),
+        default=None,
+        metavar="S",
+        help="az:// and s3://: seconds between full listings; the listings between them ask "
+        "only for names after the greatest one seen, so a re-uploaded object or a new name "
+        "that sorts earlier is found by the next full one (default: every poll while a full "
+        "listing takes less than --poll-interval, else ten times as long as it took)",
+    )
+    watch.add_argument(
+        "--notify",
+        metavar="QUEUE_URL",
+        help="a queue of object-created events for the watched az:// or s3:// prefix",
+    )
+    watch.add_argument(
+        "--notify-tries",
+        type=_bounded(int, 1, 1000),
+        default=3,
+        metavar="K",
+        help="receipts of an unusable message before it is dead-lettered (default 3)",
+    )
+    watch.add_argument(
+        "--watch-events",
+        metavar="PATH",
+        help="write the watcher's records (detected, submitted, written) as JSON lines",
     )
     watch.add_argument(
         "--settle",
         type=_bounded(float, 0, 86400),
         default=0.5,
         metavar="S",
-        help="an object is read once unchanged for S seconds, or last modified "
-        "S seconds ago: a file still being written is not read (default 0.5)",
+        help="a file is read once unchanged for S seconds, or last modified "
+        "S seconds ago: a file still being written is not read (default 0.5; a blob or "
+        "object is listed only once committed, so it is read at once)",
     )
     query = watch.add_mutually_exclusive_group()
     query.add_argument("--domain", metavar="D", help="count the lines whose domain is exactly D")
@@ -182,8 +218,15 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from tally.service.serve import serve
 
-        if args.watch is None and (args.output or args.domain is not None or args.top or args.all):
-            raise ConfigError("--output and the query options go with --watch SOURCE")
+        if args.watch is None and (
+            args.output
+            or args.domain is not None
+            or args.top
+            or args.all
+            or args.notify
+            or args.watch_events
+        ):
+            raise ConfigError("--output, --notify and the query options go with --watch SOURCE")
 
         return asyncio.run(serve(args, token))
     from tally.service.client import Client

@@ -73,9 +73,10 @@ class WatchState:
             else set(contributed)
         )
 
-    def poll(self, listing: Iterable[Listed], now: float) -> list[Listed]:
+    def poll(self, listing: Iterable[Listed], now: float, complete: bool = True) -> list[Listed]:
         """The objects of ``listing`` to submit now, in name order: a version not in the
-        checkpoint, settled, and no job of the same object still running."""
+        checkpoint, settled, and no job of the same object still running. ``complete``:
+        the listing shows every object (else one missing from it is not forgotten)."""
         ready: list[Listed] = []
         listed: set[str] = set()
         for obj in sorted(listing, key=lambda o: o.name):
@@ -85,15 +86,28 @@ class WatchState:
             seen = self._seen.get(obj.name)
             if seen is None or seen.version != obj.version:
                 seen = self._seen[obj.name] = _Sighting(obj.version, now)
-            known = self.checkpoint.get(obj.name)
-            if known is not None and (known.version == obj.version or known.state == RUNNING):
+            if self.wanted(obj) != "new":
                 continue
             stable_since = seen.since if obj.mtime is None else min(seen.since, obj.mtime)
             if now - stable_since >= self.settle_s:
                 ready.append(obj)
-        for gone in set(self._seen) - listed:  # a deleted object's sighting is forgotten
-            del self._seen[gone]
+        for gone in set(self._seen) - listed if complete else ():
+            del self._seen[gone]  # a deleted object's sighting is forgotten
         return ready
+
+    def wanted(self, obj: Listed) -> str:
+        """Whether a job of ``obj`` is due, settling aside: ``new`` (its version was never
+        given a job), ``known`` (it was: a duplicate or an older sighting), ``waiting``
+        (another version's job is running; the newer one is due once that ends) or
+        ``ignored`` (a name that is not an object to process)."""
+        if ignored(obj.name):
+            return "ignored"
+        known = self.checkpoint.get(obj.name)
+        if known is None:
+            return "new"
+        if known.version == obj.version:
+            return "known"
+        return "waiting" if known.state == RUNNING else "new"
 
     def started(self, obj: Listed, job: str) -> Checkpointed:
         """The checkpoint entry of ``obj`` once its job is accepted."""
