@@ -30,7 +30,7 @@ from tally.events_file import EventFile
 from tally.job import JobSpec
 from tally.jobs.tasks import JobConfig
 from tally.protocol import Plan, QuerySpec
-from tally.queries import Merger, format_result, merger_for
+from tally.queries import format_result
 from tally.queries.plan import Plan as GroupByPlan
 from tally.service import watch_journal as wj
 from tally.service.bodies import SUCCEEDED
@@ -48,6 +48,7 @@ from tally.service.watch_io import (
     write_atomic,
 )
 from tally.service.watch_state import RUNNING, Listed, WatchState
+from tally.service.watch_total import RunningTotal
 from tally.storage.ranges import plan_tasks
 from tally.storage.sources import is_remote
 
@@ -90,7 +91,7 @@ class Watcher:
         self.plan: Plan = config.plan
         self.jobs: dict[str, str] = {}  # running job -> object name
         self.state = WatchState(config.settle_s)
-        self.total: Merger = merger_for(self.plan)
+        self.total = RunningTotal(self.plan)
         self._ended: asyncio.Queue[tuple[str, str, bool, str]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._unwritten: list[tuple[str, str]] = []
@@ -126,10 +127,7 @@ class Watcher:
                 self._unwritten.append((name, entry.job))
             if isinstance(self.plan, GroupByPlan) and not self.plan.bound and entry.job:
                 self.plan = store.spec(entry.job).plan  # every object's jobs share one plan
-        self.total = merger_for(self.plan)
-        for name in sorted(parts):
-            for part in parts[name]:
-                self.total.add(part.table, part.lines, part.malformed)
+        self.total.rebuild(self.plan, parts)
         self.service.observer = self
         log.info("watching %s into %s: %d object(s) done, %d running", self.config.source,
                  self.config.output, len(parts), len(self.jobs))  # fmt: skip
@@ -259,7 +257,7 @@ class Watcher:
 
             sample = await asyncio.to_thread(sample_of, url)
             self.plan = bind(self.plan, sample)
-            self.total = merger_for(self.plan)  # nothing merged yet: no object was done
+            self.total = RunningTotal(self.plan)  # nothing merged yet: no object was done
         return self.plan
 
     # --- the service's job observer ----------------------------------------------------------
@@ -292,14 +290,11 @@ class Watcher:
                 if succeeded:
                     await self._write_object(name, job_id)
                 if change == "add":
-                    for part in wj.partials(self.service.store, name).get(name, []):
-                        self.total.add(part.table, part.lines, part.malformed)
+                    parts = wj.partials(self.service.store, name).get(name, [])
+                    if not self.total.add(name, parts):
+                        change = "none"  # a rebuild taken in before it holds it already
                 elif change == "rebuild":
-                    self.total = merger_for(self.plan)
-                    parts = wj.partials(self.service.store)
-                    for each in sorted(parts):
-                        for part in parts[each]:
-                            self.total.add(part.table, part.lines, part.malformed)
+                    self.total.rebuild(self.plan, wj.partials(self.service.store))
                 if change != "none":
                     await self._write_total()
             except Exception:  # a result that cannot be written must not stop the others
