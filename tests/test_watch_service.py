@@ -124,3 +124,26 @@ def test_a_file_being_written_is_not_read_and_a_changed_object_replaces_its_cont
     assert read(out / "a.tsv.json") == expected(first)
     assert jobs_by_object(client)["a.tsv"] == ["succeeded", "succeeded"]
     assert server.terminate() == 0
+
+
+def test_an_output_that_cannot_be_written_is_one_line_at_start(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    watched = tmp_path / "in"
+    watched.mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "serve", "--port", "0", "--http-port", "0",
+         "--state", str(tmp_path / "state.db"), "--watch", str(watched),
+         "--output", str(blocker / "out"), "-q"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env=dict(os.environ, TALLY_TOKEN="a-token"),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"tally: cannot write results into {blocker / 'out'}: Not a directory"
+    ]

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 
 from tally.api import is_loopback
 from tally.coordinator import CoordinatorConfig
-from tally.errors import ConfigError
+from tally.errors import ConfigError, TallyError
 from tally.service.api import build_app
 from tally.service.jobs import JobService
 from tally.service.store import StateStore
@@ -101,7 +101,12 @@ async def serve(args: argparse.Namespace, token: bytes) -> int:
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
         ) from exc
     if watcher is not None:
-        await watcher.start()
+        try:
+            await watcher.start()
+        except TallyError:
+            await service.close()
+            http_sock.close()
+            raise
     watched = None if watcher is None else (watcher.config.source, watcher.config.output)
     server = _http_server(build_app(service, token, watched))
     http = asyncio.create_task(server.serve(sockets=[http_sock]))

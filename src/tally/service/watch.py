@@ -133,10 +133,17 @@ class Watcher:
                  self.config.output, len(parts), len(self.jobs))  # fmt: skip
 
     async def start(self) -> None:
-        """Write what a crash left unwritten, then poll."""
-        for name, job in self._unwritten:
-            await self._write_object(name, job)
-        await self._write_total()
+        """Write what a crash left unwritten, then poll. TallyError when the output cannot
+        be written to at all: better said at once than after the first upload."""
+        try:
+            for name, job in self._unwritten:
+                await self._write_object(name, job)
+            await self._write_total()
+        except Exception as exc:
+            from tally.storage.objectstore import failure
+
+            raise TallyError(f"cannot write results into {self.config.output}: "
+                             f"{failure(exc)[0]}") from exc  # fmt: skip
         self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._poll())]
         if self._consumer is not None:
             self._tasks.append(asyncio.create_task(self._consumer.run()))
