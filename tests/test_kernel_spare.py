@@ -100,3 +100,16 @@ def test_kept_memory_stays_within_its_bound() -> None:
     assert 0 < arrays <= KEPT_ARRAYS and 0 < kept <= KEPT_BYTES
     NATIVE.release_spare()
     assert NATIVE.spare() == (0, 0)
+
+
+@needs_native
+def test_the_read_buffer_of_the_last_partition_leaves_nothing_behind() -> None:
+    """The next partition is read into the last one's buffer: a short partition after a
+    long one (with no newline at its end, with a line over the limit, empty) sees none of
+    the bytes the long one left there."""
+    long = partition(50_000, 7)
+    shorts = [b"1\thttps://a.b/c", b"", b"2\thttp://x/" + b"y" * 300 + b"\n3\thttps://z/\n", b"\n"]
+    with mock.patch.object(fast, "_native", NATIVE):
+        for data in [long, *shorts, long[:-1], *shorts]:
+            expected = reference.count_domains(io.BytesIO(data), record_limit=200)
+            assert fast.count_domains(io.BytesIO(data), record_limit=200) == expected
