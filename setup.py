@@ -12,7 +12,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 KERNELS = "src/tally/kernels"
-HEADERS = [f"{KERNELS}/_native_common.h", f"{KERNELS}/_native_table.h"]
+HEADERS = [f"{KERNELS}/_native_{name}.h" for name in ("common", "table", "spare")]
 SOURCE = f"{KERNELS}/_native.c"
 HERE = Path(__file__).resolve().parent
 DIGEST = hashlib.sha256(b"".join((HERE / name).read_bytes() for name in [SOURCE, *HEADERS]))

@@ -37,7 +37,10 @@ def test_the_extension_is_built_where_a_compiler_is() -> None:
         pytest.skip("no C compiler here")
     assert NATIVE is not None, "tally.kernels._native is missing or stale: pip install -e ."
     kernels = ROOT / "src/tally/kernels"
-    sources = [kernels / name for name in ("_native.c", "_native_common.h", "_native_table.h")]
+    sources = [
+        kernels / name
+        for name in ("_native.c", "_native_common.h", "_native_table.h", "_native_spare.h")
+    ]
     digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()
     assert digest[:16] == NATIVE.SOURCE, "the C sources changed since the build: pip install -e ."
     if os.environ.get("TALLY_NATIVE") != "0":

@@ -233,7 +233,7 @@ static int Counter_init(Counter *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     size_t slots = table_size(only == Py_None && expect > 0 ? (size_t)expect : 0);
-    if (table_init(&self->table, slots) < 0) {
+    if (table_init(&self->table, slots, only == Py_None && expect > 0) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -412,7 +412,7 @@ static int Block_getbuffer(Block *self, Py_buffer *view, int flags) {
 }
 
 static void Block_dealloc(Block *self) {
-    array_free(self->p, self->cap);
+    spare_put(self->p, self->cap); /* kept for the next table's partial */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -433,7 +433,7 @@ static PyTypeObject BlockType = {
 static PyObject *block(void *p, size_t len, size_t cap) {
     Block *b = PyObject_New(Block, &BlockType);
     if (!b) {
-        array_free(p, cap);
+        spare_put(p, cap);
         return NULL;
     }
     b->p = p;
@@ -458,7 +458,7 @@ static PyObject *columns(Counter *self, int reset) {
     if (reset) {
         uint64_t seed = t->seed;
         table_free(t);
-        if (table_init(t, 1 << 10) < 0) t->slots = NULL; /* then refused as not initialised */
+        if (table_init(t, 1 << 10, 0) < 0) t->slots = NULL; /* then refused as not initialised */
         t->seed = seed;
     }
     PyObject *d = block(out.data, data_len, out.data_cap);
@@ -508,9 +508,25 @@ static PyTypeObject CounterType = {
     .tp_methods = Counter_methods,
 };
 
+static PyObject *spare_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("(nn)", (Py_ssize_t)spare_count, (Py_ssize_t)spare_bytes);
+}
+
+static PyObject *spare_release(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored)) {
+    spare_clear();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"spare", spare_info, METH_NOARGS,
+     "spare() -> (arrays, bytes): the memory kept for the next tables (_native_spare.h)"},
+    {"release_spare", spare_release, METH_NOARGS, "release_spare(): release it all"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_native", "The domain rule in C (see tally.kernels.fast).", -1,
-    NULL, NULL, NULL, NULL, NULL,
+    module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {

@@ -4,6 +4,9 @@ ABI: int
 SSE2: int
 SOURCE: str  # the first hex digits of the SHA-256 of the C sources it was built from
 
+def spare() -> tuple[int, int]: ...  # arrays and bytes kept for the next tables
+def release_spare() -> None: ...
+
 class Counter:
     def __init__(
         self, only: bytes | None = None, seed: int = 0, portable: bool = False, expect: int = 0

@@ -17,6 +17,7 @@
 #define TALLY_NATIVE_TABLE_H
 
 #include "_native_common.h"
+#include "_native_spare.h"
 
 #ifndef STAGE
 #define STAGE 16 /* domains between the steps of a lookup: slot, entry, bytes, compare */
@@ -85,6 +86,7 @@ typedef struct {
 typedef struct {
     uint64_t *slots; /* hash low half << 32 | record's place in 8-byte words + 1; 0: free */
     size_t mask;     /* slots - 1, a power of two less one */
+    size_t slots_cap; /* bytes allocated for the slots (a kept array may be larger) */
     size_t used;     /* records: distinct domains */
     uint8_t *arena;  /* the records, DATA_PAD readable bytes after the last */
     size_t arena_len, arena_cap;
@@ -95,21 +97,36 @@ typedef struct {
     Pending ring[RING];
 } Table;
 
-/* Zeroed memory for n slots (a large table in huge pages: see array_grow). */
-static uint64_t *slots_alloc(size_t n) {
-    return n * sizeof(uint64_t) >= MAPPED ? array_grow(NULL, 0, n * sizeof(uint64_t))
-                                          : calloc(n, sizeof(uint64_t));
+/* Zeroed memory for n slots, its size in *cap (a large table in huge pages: see array_grow);
+ * with kept, an array kept from an earlier table may be taken (the GIL held: see spare_put)
+ * and the n slots are zeroed, no more: the rest is never read. */
+static uint64_t *slots_alloc(size_t n, size_t *cap, int kept) {
+    size_t bytes = n * sizeof(uint64_t);
+    *cap = bytes;
+    if (bytes < MAPPED) return calloc(n, sizeof(uint64_t));
+    uint64_t *p = kept ? spare_take(bytes, cap) : NULL;
+    if (p) {
+        memset(p, 0, bytes);
+        return p;
+    }
+    *cap = bytes;
+    return array_grow(NULL, 0, bytes);
 }
 
-static void slots_free(uint64_t *p, size_t n) { array_free(p, n * sizeof(uint64_t)); }
+/* bytes in the arena of the last table released with domains in it: the next one takes
+ * a kept array of that size, if there is one, rather than grow step by step */
+static size_t last_arena_len;
 
-static int table_init(Table *c, size_t slots) {
-    c->slots = slots_alloc(slots);
+/* A table of the given slots; with kept, it may take arrays kept from an earlier table (the
+ * GIL held), for its slots and, when it expects domains, its arena. */
+static int table_init(Table *c, size_t slots, int kept) {
+    c->slots = slots_alloc(slots, &c->slots_cap, kept);
     if (!c->slots) return -1;
     c->mask = slots - 1;
     c->used = 0;
     c->arena = NULL;
     c->arena_len = c->arena_cap = c->key_bytes = 0;
+    if (kept && last_arena_len) c->arena = spare_take(last_arena_len + DATA_PAD, &c->arena_cap);
     c->nomem = 0;
     c->pending = c->head = 0;
     return 0;
@@ -129,7 +146,8 @@ static int table_grow(Table *c) {
     size_t old = c->mask + 1;
     uint64_t *from = c->slots;
     if (old >= (size_t)1 << 32) return -1; /* a slot's index comes from 32 bits of hash */
-    uint64_t *to = slots_alloc(2 * old);
+    size_t cap;
+    uint64_t *to = slots_alloc(2 * old, &cap, 0); /* the GIL may be released: nothing kept */
     if (!to) return -1;
     size_t mask = 2 * old - 1;
     for (size_t i = 0; i < old; i++) {
@@ -139,9 +157,10 @@ static int table_grow(Table *c) {
         while (to[j]) j = (j + 1) & mask;
         to[j] = s;
     }
+    array_free(from, c->slots_cap);
     c->slots = to;
+    c->slots_cap = cap;
     c->mask = mask;
-    slots_free(from, old);
     return 0;
 }
 
@@ -296,13 +315,13 @@ static int table_columns(const Table *c, Columns *out) {
     out->data_cap = c->key_bytes + DATA_PAD;
     out->offsets_cap = (n + 1) * sizeof(int64_t);
     out->counts_cap = (n ? n : 1) * sizeof(int64_t);
-    out->data = array_grow(NULL, 0, out->data_cap);
-    out->offsets = array_grow(NULL, 0, out->offsets_cap);
-    out->counts = array_grow(NULL, 0, out->counts_cap);
+    out->data = spare_or_new(out->data_cap, &out->data_cap); /* every byte read is written */
+    out->offsets = spare_or_new(out->offsets_cap, &out->offsets_cap);
+    out->counts = spare_or_new(out->counts_cap, &out->counts_cap);
     if (!out->data || !out->offsets || !out->counts) {
-        if (out->data) array_free(out->data, out->data_cap);
-        if (out->offsets) array_free(out->offsets, out->offsets_cap);
-        if (out->counts) array_free(out->counts, out->counts_cap);
+        spare_put(out->data, out->data_cap);
+        spare_put(out->offsets, out->offsets_cap);
+        spare_put(out->counts, out->counts_cap);
         return -1;
     }
     size_t at = 0, e = 0;
@@ -319,9 +338,11 @@ static int table_columns(const Table *c, Columns *out) {
     return 0;
 }
 
+/* Release the table's arrays: large ones are kept for the next table (the GIL held). */
 static void table_free(Table *c) {
-    if (c->slots) slots_free(c->slots, c->mask + 1);
-    array_free(c->arena, c->arena_cap);
+    if (c->used) last_arena_len = c->arena_len;
+    if (c->slots) spare_put(c->slots, c->slots_cap);
+    spare_put(c->arena, c->arena_cap);
     c->slots = NULL;
     c->arena = NULL;
 }

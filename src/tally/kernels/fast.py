@@ -124,12 +124,19 @@ class _Reader:
         return size
 
 
-def _pieces(reader: _Reader, record_limit: int, chunk_size: int) -> Iterator[Piece | None]:
+# the read buffer of the last partition the C extension counted (it copies what it keeps):
+# the next one reads into it rather than into fresh pages, which the system faults in and
+# zeroes one by one (1,000 faults a partition)
+_spare_buffers: list[bytearray] = []
+
+
+def _pieces(
+    reader: _Reader, record_limit: int, chunk_size: int, buffer: bytearray
+) -> Iterator[Piece | None]:
     """Yield ``(buffer, begin, end)`` for each run of whole lines, ``None`` for a line over
     the limit that was skipped. ``buffer`` is reused: it holds the partial last line of the
     previous chunk (moved to the front), the next chunk, and room for 8-byte loads."""
     step = min(chunk_size, _FIRST_READ)  # small first reads keep tiny partitions cheap
-    buffer = bytearray()
     kept = 0  # bytes of the partial line at the front of the buffer, at most record_limit
     skipping = False  # inside a line already known to be too long
     while True:
@@ -187,8 +194,13 @@ def count_domains(
 
         tally = Tally(only)
     reader = _Reader(stream)
-    for lines in _pieces(reader, record_limit, chunk_size):
+    keep = _native is not None  # the NumPy path's partial may be a view of the buffer
+    buffer = _spare_buffers.pop() if keep and _spare_buffers else bytearray()
+    for lines in _pieces(reader, record_limit, chunk_size, buffer):
+        buffer = bytearray() if lines is None else lines[0]
         tally.add(lines, record_limit)
     result = tally.finish()
+    if keep and 0 < len(buffer) <= chunk_size + _PAD + (1 << 20):  # not one grown for a long line
+        _spare_buffers.append(buffer)
     result.bytes_read = reader.bytes_read
     return result
