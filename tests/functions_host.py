@@ -11,57 +11,19 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from storage_servers import (
-    AZURITE_ACCOUNT,
-    AZURITE_KEY,
     ROOT,
-    _free_port,
-    _stop,
-    _wait_until_answering,
 )
 
 APP_DIR = ROOT / "deploy" / "azure-functions"
-AZURITE_QUEUE = ROOT / "node_modules" / ".bin" / "azurite-queue"
 WAIT_S = 60.0
-
-
-@contextlib.contextmanager
-def start_azurite_queue() -> Iterator[str]:
-    """Azurite's queue service on a free port, in memory; its endpoint."""
-    port = _free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="azurite-queue-"))
-    log = workdir / "azurite.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(AZURITE_QUEUE), "--queueHost", "127.0.0.1", "--queuePort", str(port),
-             "--inMemoryPersistence", "--skipApiVersionCheck", "--silent", "--disableTelemetry"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
-        )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
-    try:
-        _wait_until_answering(f"{endpoint}?comp=list", proc, log)
-        yield endpoint
-    finally:
-        _stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def connection_string(blob_endpoint: str, queue_endpoint: str) -> str:
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint={blob_endpoint};QueueEndpoint={queue_endpoint};"
-    )
 
 
 def load_functions() -> dict[str, Callable[..., Any]]:

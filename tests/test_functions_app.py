@@ -21,7 +21,9 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 
 from conftest import SAMPLE
-from functions_host import Host, connection_string, load_functions, start_azurite_queue
+from functions_host import Host, load_functions
+from queue_servers import queue_connection_string as connection_string
+from queue_servers import start_azurite_queue
 from storage_servers import Server
 from tally.functions import flow
 from tally.functions.handlers import Flow

@@ -147,3 +147,12 @@ def test_serve_refuses_a_port_in_use_and_an_unusable_state(procs: Procs, tmp_pat
     assert procs.finish(bad)[0] == 2
     assert f"tally: cannot open state {tmp_path / 'dir.db'}" in procs.stderr(bad)
     assert server.terminate() == 0
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON document written whole (atomically), or None while there is none."""
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return doc
+    except FileNotFoundError:
+        return None

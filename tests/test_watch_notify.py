@@ -26,6 +26,9 @@ from queue_servers import (
 from storage_servers import AZURITE_ACCOUNT, Server
 from tally.protocol import QuerySpec
 from test_notify import blob_created
+from test_service_support import (
+    read_json as read,
+)
 from test_service_support import start_server, start_workers, wait_until, workers_alive
 
 ALL = QuerySpec("all")
@@ -37,14 +40,6 @@ def expected(data: bytes, tmp_path: Path) -> dict[str, Any]:
     path.write_bytes(data)
     doc: dict[str, Any] = json.loads(reference_output(path, ALL, "json"))
     return doc
-
-
-def read(path: Path) -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return doc
-    except FileNotFoundError:
-        return None
 
 
 def jobs_by_object(client: Any) -> dict[str, list[str]]:

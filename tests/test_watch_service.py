@@ -13,6 +13,9 @@ from typing import Any
 
 from conftest import SAMPLE, Procs, reference_output, split_round_robin
 from tally.protocol import QuerySpec
+from test_service_support import (
+    read_json as read,
+)
 from test_service_support import start_server, start_workers, wait_until, workers_alive
 
 ALL = QuerySpec("all")
@@ -22,14 +25,6 @@ WATCH = ("--poll-interval", "0.05", "--settle", "0.2", "--all")
 def expected(path: Path) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(reference_output(path, ALL, "json"))
     return doc
-
-
-def read(path: Path) -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return doc
-    except FileNotFoundError:
-        return None
 
 
 def upload(src: Path, folder: Path) -> Path:
