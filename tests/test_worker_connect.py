@@ -247,17 +247,24 @@ def test_a_worker_stopped_until_its_job_ended_exits_zero(
     coord = procs.coordinator(
         sample_filelist, port, "--min-workers", "2", "--lease-timeout", "1", "--no-speculation"
     )
-    stopped = procs.worker(port, "--connect-timeout", "60")
-    procs.wait_for_log(stopped, "joined as worker")
+    # its tasks take 5 s, so it surely holds one when stopped, however slowly the other
+    # worker starts (stopped before both joined, it could be lost before the job began)
+    stopped = procs.worker(port, "--connect-timeout", "60", "--task-delay", "5")
+    procs.worker(port)  # the job starts once both have joined
+    deadline = time.monotonic() + 30
+    while procs.stderr(coord).count(" joined: ") < 2:
+        assert time.monotonic() < deadline, procs.stderr(coord)
+        time.sleep(0.02)
     stopped.send_signal(signal.SIGSTOP)
-    procs.worker(port)  # the job starts now, and holds partitions for the stopped one
     procs.wait_for_log(coord, "lost: silent")
     assert procs.finish(coord) == (0, reference_output(SAMPLE, p.QuerySpec("top", k=25)))
     stopped.send_signal(signal.SIGCONT)
     assert stopped.wait(timeout=30) == 0  # not after its 60 s connect timeout
-    last = log_lines(procs, stopped)[-1]
-    assert f" WARNING coordinator at 127.0.0.1:{port} is gone (connection refused for " in last
-    assert last.endswith("after this worker had joined): its job is over")
+    gone = [line for line in log_lines(procs, stopped) if " is gone (" in line]
+    assert len(gone) == 1, log_lines(procs, stopped)
+    assert f" WARNING coordinator at 127.0.0.1:{port} is gone (connection refused for " in gone[0]
+    assert gone[0].endswith("after this worker had joined): its job is over")
+    assert "Traceback" not in procs.stderr(stopped)
 
 
 def test_a_worker_cut_off_when_its_job_ended_exits_zero(
