@@ -222,7 +222,7 @@ def test_a_damaged_entry_is_counted_removed_and_recomputed(tmp_path: Path) -> No
 
 
 def test_two_workers_share_one_cache_directory(procs: Procs, repeated_filelist: Path) -> None:
-    cache = procs.tmp / "shared"
+    cache = procs.tmp / "common-cache"
     expected = thousandfold_sample()
 
     def job(*worker_args: str) -> dict[str, Any]:
