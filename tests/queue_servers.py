@@ -83,24 +83,13 @@ def azurite_queues(azurite: Server) -> Iterator[AzureQueues]:
         yield AzureQueues(endpoint, queue_connection_string(azurite.endpoint, endpoint))
 
 
-def sqs_client(server: Server) -> Any:
-    """boto3's SQS client of moto's server (which serves S3 and SQS on one port)."""
+def aws_client(server: Server, service: str) -> Any:
+    """boto3's client of ``service`` ("s3" or "sqs") on moto's server, which serves both on
+    one port."""
     import boto3
 
     return boto3.client(
-        "sqs",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=server.options["key"],
-        aws_secret_access_key=server.options["secret"],
-    )
-
-
-def s3_client(server: Server) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
+        service,
         endpoint_url=server.endpoint,
         region_name="us-east-1",
         aws_access_key_id=server.options["key"],

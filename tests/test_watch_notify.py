@@ -18,9 +18,8 @@ import pytest
 from conftest import SAMPLE, Procs, free_port, reference_output
 from queue_servers import (
     AzureQueues,
+    aws_client,
     queue_connection_string,
-    s3_client,
-    sqs_client,
     start_azurite_queue,
 )
 from storage_servers import AZURITE_ACCOUNT, Server
@@ -97,7 +96,7 @@ class SqsFeed:
 
     def __init__(self, store: Server) -> None:
         self.store = store
-        self.sqs, self.s3 = sqs_client(store), s3_client(store)
+        self.sqs, self.s3 = aws_client(store, "sqs"), aws_client(store, "s3")
         self.name = f"q{uuid.uuid4().hex[:12]}"
         self.queue = self.sqs.create_queue(QueueName=self.name)["QueueUrl"]
         self.url = f"sqs://{self.name}"
@@ -283,7 +282,13 @@ def test_a_queue_that_is_down_costs_one_log_line_and_is_read_once_it_is_up(
         wait_until(lambda: read(out / "a.tsv.json"), 60, "the result once the queue is up")
         assert server.terminate() == 0
     log = server.log()
-    assert log.count("cannot read queue") == 1, log
+    complaints = [line for line in log.splitlines() if "cannot read queue" in line]
+    # one line while the endpoint is down; the queue, created just after the server came up,
+    # may be polled before it exists: one more line then, for that other reason
+    assert sum("Connection refused" in line for line in complaints) == 1, log
+    assert len(complaints) == 1 or (
+        len(complaints) == 2 and "The specified queue does not exist" in complaints[1]
+    ), log
     assert "reading queue azqueue://" in log
     assert "Traceback" not in log
     assert read(out / "a.tsv.json") == expected(lines(0, 30), tmp_path)
@@ -300,10 +305,10 @@ def test_an_sqs_queue_that_does_not_exist_yet_costs_one_log_line_and_is_read_onc
     server = start_server(procs, tmp_path / "state.db", *args, *NO_LISTING)
     start_workers(procs, server.worker_port, 1)
     wait_until(lambda: f"cannot read queue sqs://{name}" in server.log(), 30, "the line")
-    sqs = sqs_client(s3_server)
+    sqs = aws_client(s3_server, "sqs")
     queue = sqs.create_queue(QueueName=name)["QueueUrl"]
     wait_until(lambda: "reading queue sqs://" in server.log(), 60, "the queue read")
-    s3_client(s3_server).put_object(Bucket=container, Key="in/a.tsv", Body=lines(0, 30))
+    aws_client(s3_server, "s3").put_object(Bucket=container, Key="in/a.tsv", Body=lines(0, 30))
     event = json.loads(s3_created_body(container, "in/a.tsv"))
     sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(event))
     wait_until(lambda: read(out / "a.tsv.json"), 60, "the result")

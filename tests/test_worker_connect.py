@@ -31,6 +31,7 @@ from tally.joining import (
     Retry,
 )
 from tally.net import proof
+from test_service_support import wait_until
 
 TOKEN = "connect-token"
 
@@ -251,10 +252,7 @@ def test_a_worker_stopped_until_its_job_ended_exits_zero(
     # worker starts (stopped before both joined, it could be lost before the job began)
     stopped = procs.worker(port, "--connect-timeout", "60", "--task-delay", "5")
     procs.worker(port)  # the job starts once both have joined
-    deadline = time.monotonic() + 30
-    while procs.stderr(coord).count(" joined: ") < 2:
-        assert time.monotonic() < deadline, procs.stderr(coord)
-        time.sleep(0.02)
+    wait_until(lambda: procs.stderr(coord).count(" joined: ") >= 2, 30, "both workers joined")
     stopped.send_signal(signal.SIGSTOP)
     procs.wait_for_log(coord, "lost: silent")
     assert procs.finish(coord) == (0, reference_output(SAMPLE, p.QuerySpec("top", k=25)))
