@@ -14,9 +14,9 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # the full install (tests, checks, `tally report`, object stores) includes the base one (what
-# a worker of files and HTTP needs); the fast kernel's C extension is built by the install,
-# and rebuilt when its source changes
-NATIVE := setup.py $(wildcard src/tally/kernels/_native*.[ch])
+# a worker of files and HTTP needs); the kernels' C extensions are built by the install,
+# and rebuilt when their sources change
+NATIVE := setup.py $(wildcard src/tally/kernels/_native*.[ch] src/tally/kernels/_fields.c)
 
 $(STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,report,cloud,functions]'

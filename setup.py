@@ -1,8 +1,9 @@
-"""Builds the fast kernel's C extension when it can; the package installs without it.
+"""Builds the kernels' C extensions when it can; the package installs without them.
 
 Everything else about the package is in pyproject.toml. ``optional=True``: when the C file
-does not compile (no compiler, no Python headers), setuptools warns and goes on, and the
-fast kernel uses its NumPy and Arrow path (tally.kernels.columnar) instead.
+does not compile (no compiler, no Python headers), setuptools warns and goes on: the
+domain kernel uses its NumPy and Arrow path (tally.kernels.columnar) instead, and the
+group-by kernel reads every chunk with PyArrow (tally.kernels.fields).
 """
 
 import hashlib
@@ -14,8 +15,17 @@ from setuptools import Extension, setup
 KERNELS = "src/tally/kernels"
 HEADERS = [f"{KERNELS}/_native_{name}.h" for name in ("common", "table", "spare")]
 SOURCE = f"{KERNELS}/_native.c"
+FIELDS = f"{KERNELS}/_fields.c"
 HERE = Path(__file__).resolve().parent
-DIGEST = hashlib.sha256(b"".join((HERE / name).read_bytes() for name in [SOURCE, *HEADERS]))
+
+
+def digest(*names: str) -> str:
+    """The start of the SHA-256 of the sources: the module knows what it was built from (a
+    test finds a stale build)."""
+    return hashlib.sha256(b"".join((HERE / name).read_bytes() for name in names)).hexdigest()[:16]
+
+
+FLAGS = [] if os.name == "nt" else ["-O3"]
 
 setup(
     ext_modules=[
@@ -23,10 +33,16 @@ setup(
             "tally.kernels._native",
             sources=[SOURCE],
             depends=HEADERS,
-            # the module knows which sources it was built from (a test finds a stale build)
-            define_macros=[("NATIVE_SOURCE", f'"{DIGEST.hexdigest()[:16]}"')],
-            extra_compile_args=[] if os.name == "nt" else ["-O3"],
+            define_macros=[("NATIVE_SOURCE", f'"{digest(SOURCE, *HEADERS)}"')],
+            extra_compile_args=FLAGS,
             optional=True,
-        )
+        ),
+        Extension(
+            "tally.kernels._fields",
+            sources=[FIELDS],
+            define_macros=[("FIELDS_SOURCE", f'"{digest(FIELDS)}"')],
+            extra_compile_args=FLAGS,
+            optional=True,
+        ),
     ]
 )

@@ -27,6 +27,7 @@ The partial table has one row per group: the keys ``g0, g1, ...`` and, per aggre
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,11 +41,13 @@ import pyarrow.csv as pacsv  # type: ignore[import-untyped]
 
 from tally.errors import ConfigError, PartitionError
 from tally.kernels import DEFAULT_RECORD_LIMIT
+from tally.kernels.fields import FieldReader
 from tally.kernels.lines import LineChunks
 from tally.queries.expr import Col, columns_of, normalize_type, to_sql
 from tally.queries.plan import FUNCS, Plan, plan_from_flags
 
 CHUNK_SIZE = 8 << 20  # bytes of whole lines parsed at a time (bench/groupby_speed.py)
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 _EXACT_SUM = ("DECIMAL", "HUGEINT", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT")
 
 
@@ -227,6 +230,7 @@ class _Parser:
         self.as_text = pacsv.ConvertOptions(
             column_types={f.name: pa.binary() for f in layout.schema}, **common
         )
+        self.fields = FieldReader.for_schema(layout.schema, plan.delimiter, len(names))
 
     def _invalid_row(self, row: object) -> str:
         self.invalid += 1
@@ -241,6 +245,18 @@ class _Parser:
         )
 
     def parse(self, chunk: memoryview) -> pa.Table:
+        if self.fields is not None:
+            read = self.fields.read(chunk)
+            if read is not None:
+                table, invalid = read
+                self.invalid += invalid
+                self.rows += table.num_rows
+                return table
+        if not _is_utf8(chunk):
+            # PyArrow cannot hand a bad row that is not UTF-8 to its handler: drop them first
+            chunk = self._good_rows(chunk)
+            if not chunk:
+                return self.layout.schema.empty_table()
         invalid = self.invalid
         try:
             table = self._read(chunk, self.typed)
@@ -251,6 +267,16 @@ class _Parser:
             return self._cast(table)
         self.rows += table.num_rows
         return table
+
+    def _good_rows(self, chunk: memoryview) -> memoryview:
+        """The chunk's lines of the right number of fields; the others counted. Lines end as
+        PyArrow's do, at a CR, an LF or both."""
+        width = len(self.read_options.column_names)
+        delimiter = self.parse_options.delimiter.encode()
+        lines = [line for line in _LINE_END.split(bytes(chunk)) if line]
+        good = [line for line in lines if line.count(delimiter) == width - 1]
+        self.invalid += len(lines) - len(good)
+        return memoryview(b"\n".join(good))
 
     def _cast(self, text: pa.Table) -> pa.Table:
         """Text columns -> the typed schema with DuckDB's TRY_CAST; bad rows dropped, counted."""
@@ -275,6 +301,17 @@ class _Parser:
         typed = arrow_sql(text, select, "cast").to_arrow_table()
         self.unparsable += text.num_rows - typed.num_rows
         return typed.cast(self.layout.schema)
+
+
+def _is_utf8(chunk: memoryview) -> bool:
+    data = bytes(chunk)
+    if data.isascii():
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _utf8_or_none(value: bytes | None) -> str | None:
