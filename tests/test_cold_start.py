@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import textwrap
@@ -96,3 +97,63 @@ def test_a_group_by_task_merge_and_answer_never_import_pandas(tmp_path: Path) ->
     # k0: i = 12, 15, ..., 999 (c3 > 10), in both halves
     row = ["k0", "660", "333795.00", "505.75", "1998-01-01", "330"]
     assert done.stdout.splitlines()[1].split() == row
+
+
+def children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in found.stdout.split()]
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_local_workers_are_forked_from_the_command_unless_told_not_to(
+    procs: Procs, tmp_path: Path, fork: str
+) -> None:
+    """Forked, a worker starts with the command's modules loaded (its command line is the
+    command's); with TALLY_FORK=0 it is a new interpreter (`python -m tally worker`). Either
+    way a signal to the command stops them all."""
+    data = tmp_path / "t.tbl"
+    data.write_bytes(b"1|a|\n2|b|\n1|c|\n")
+    query = f"SELECT c1, count(*) AS n FROM '{data}' GROUP BY c1"
+    run = procs.start("sql", query, "--workers", "2", "--task-delay", "60",
+                      env={"TALLY_FORK": fork})  # fmt: skip
+    procs.wait_for_log(run, "worker 2 joined", timeout=30)
+    workers = children(run.pid)
+    assert len(workers) == 2
+    command = Path(f"/proc/{run.pid}/cmdline").read_bytes().split(b"\0")
+    for pid in workers:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert (argv == command, b"worker" in argv) == (
+            (True, False) if fork == "1" else (False, True)
+        )
+    run.send_signal(signal.SIGTERM)
+    code, out = procs.finish(run)
+    assert (code, out) == (128 + signal.SIGTERM, "")
+    assert [pid for pid in workers if running(pid)] == []
+
+
+def test_a_forked_worker_killed_mid_task_loses_nothing(procs: Procs, tmp_path: Path) -> None:
+    """kill -9 of a forked worker holding a task: the other one computes it again, and the
+    answer is exact."""
+    data = tmp_path / "t.tbl"
+    data.write_bytes(b"".join(b"%d|k%d|\n" % (i, i % 3) for i in range(4000)))
+    events = tmp_path / "events.jsonl"
+    query = f"SELECT c2, count(*) AS n, sum(c1) AS s FROM '{data}' GROUP BY c2 ORDER BY c2"
+    run = procs.start("sql", query, "--workers", "2", "--split-size", "8KiB", "--task-delay",
+                      "0.5", "--events", str(events), "--format", "csv")  # fmt: skip
+    log = procs.events(run, events)
+    log.wait("started", worker=1)
+    victim = int(log.wait("joined", worker=1)["name"].rsplit(":", 1)[1])
+    assert victim in children(run.pid)
+    os.kill(victim, signal.SIGKILL)
+    code, out = procs.finish(run, timeout=120)
+    assert code == 0, procs.stderr(run)
+    sums = [sum(i for i in range(4000) if i % 3 == k) for k in range(3)]
+    assert out.splitlines() == ["c2,n,s", *(f"k{k},{1334 - (k > 0)},{sums[k]}" for k in range(3))]
+    assert log.select("lost", worker=1)

@@ -1,20 +1,28 @@
 """The worker processes of ``tally run`` and ``tally sql``, started first thing.
 
-A worker takes a few tenths of a second to start (the interpreter, Arrow, the engine): the
-command line starts its workers before it parses the query or imports the coordinator, on a
-socket that already listens, so that both start at once. The workers' connections wait in
-the socket's backlog until the coordinator accepts them (their handshake allows seconds).
+A worker takes a few tenths of a second of processor time to start (the interpreter, Arrow,
+DuckDB), and the command itself needs the same modules. Where the system can fork (POSIX) and
+no thread runs yet, the command therefore loads them once and forks its workers from itself:
+they start with everything loaded, and the start-up is paid once, not once per process. Else
+each worker is a new interpreter (``python -m tally worker``). Either way the workers start
+before the command parses the query or starts the coordinator, on a socket that already
+listens; their connections wait in its backlog until the coordinator accepts them (their
+handshake allows seconds). ``TALLY_FORK=0`` asks for new interpreters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,25 +30,46 @@ POLL_S = 0.02  # how often an exit is looked for
 
 
 class WorkerProcess:
-    """A started worker process, awaitable like an ``asyncio.subprocess.Process``."""
+    """A started worker process, awaitable like an ``asyncio.subprocess.Process``: a new
+    interpreter (``popen``) or a child forked from this process (``pid``)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes] | None = None, pid: int = 0) -> None:
         self.popen = popen
+        self.pid = popen.pid if popen is not None else pid
+        self._code: int | None = None
 
     @property
     def returncode(self) -> int | None:
-        return self.popen.poll()
+        if self.popen is not None:
+            return self.popen.poll()
+        if self._code is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self._code = os.waitstatus_to_exitcode(status)
+        return self._code
 
     async def wait(self) -> int:
-        while (code := self.popen.poll()) is None:
+        while (code := self.returncode) is None:
             await asyncio.sleep(POLL_S)
         return code
 
+    def wait_for(self, timeout: float) -> int | None:
+        """The exit status, waiting up to ``timeout`` seconds (``None``: still running)."""
+        deadline = time.monotonic() + timeout
+        while (code := self.returncode) is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        return code
+
     def terminate(self) -> None:
-        self.popen.terminate()
+        self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        self.popen.kill()
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
 
 
 def worker_args(
@@ -76,16 +105,53 @@ class LocalWorkers:
     def start(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0), backlog=max(128, self.count))
         port = self.sock.getsockname()[1]
+        command = worker_command("127.0.0.1", port, self.extra_args)
+        if can_fork():
+            preload()
+            if threading.active_count() == 1:  # nothing started a thread while loading
+                for _ in range(self.count):
+                    self.processes.append(WorkerProcess(pid=self._fork(command[3:])))
+                return
         env = dict(os.environ, TALLY_TOKEN=self.token.decode())
         for _ in range(self.count):
             popen = subprocess.Popen(
-                worker_command("127.0.0.1", port, self.extra_args),
+                command,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # stdout carries the result alone
                 start_new_session=True,  # a Ctrl-C at the terminal reaches the command alone
             )
             self.processes.append(WorkerProcess(popen))
+
+    def _fork(self, argv: list[str]) -> int:
+        """A child that is ``tally worker argv``, as the new interpreter would be."""
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:  # the child: it never returns into the caller's code
+            os.setsid()  # a Ctrl-C at the terminal reaches the command alone
+            signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))  # until it runs
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            assert self.sock is not None
+            self.sock.close()  # the coordinator's
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)  # stdout carries the result alone
+            os.environ["TALLY_TOKEN"] = self.token.decode()
+            logging.getLogger().handlers.clear()  # the worker sets up its own
+            from tally.cli import main
+
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                print(f"tally worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(code)
 
     def take_socket(self) -> socket.socket:
         """The listening socket, for the coordinator (which closes it)."""
@@ -99,13 +165,27 @@ class LocalWorkers:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        running = [p.popen for p in self.processes if p.popen.poll() is None]
-        for popen in running:
+        running = [p for p in self.processes if p.returncode is None]
+        for process in running:
             with contextlib.suppress(ProcessLookupError):
-                popen.terminate()
-        for popen in running:
-            try:
-                popen.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+                process.terminate()
+        for process in running:
+            if process.wait_for(grace_s) is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait_for(grace_s)
+
+
+def can_fork() -> bool:
+    return hasattr(os, "fork") and os.environ.get("TALLY_FORK", "1") != "0"
+
+
+def preload() -> None:
+    """The modules a worker loads to compute (each forked worker then has them)."""
+    import duckdb  # noqa: F401
+    import pyarrow.compute  # type: ignore[import-untyped]
+    import pyarrow.csv  # type: ignore[import-untyped]  # noqa: F401
+
+    import tally.kernels.delimited
+    import tally.kernels.fast
+    import tally.worker  # noqa: F401
