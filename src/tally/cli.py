@@ -388,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     # Arrow's default pool keeps freed memory (30 MB more at the coordinator's peak); malloc
     # returns it. Only an environment variable read when Arrow loads changes the pool.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    # NumPy's BLAS (loaded with Arrow) starts a thread per core that spins while idle; Tally
+    # does no linear algebra, and those spins take processor time from the tasks
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
     setup_logging(args)
     try:

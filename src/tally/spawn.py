@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -109,6 +110,9 @@ class LocalWorkers:
         if can_fork():
             preload()
             if threading.active_count() == 1:  # nothing started a thread while loading
+                # what is loaded so far stays out of the collector's passes: they would touch,
+                # and so copy, every page of it in each worker
+                gc.freeze()
                 for _ in range(self.count):
                     self.processes.append(WorkerProcess(pid=self._fork(command[3:])))
                 return
