@@ -16,7 +16,7 @@ PySpark run only when installed (`pip install -e '.[peers]'`; PySpark from the `
 
 `tally` is a cold `tally sql --workers 2` (a fresh process tree each run); `tally-serve` the
 same query submitted to a running `tally serve` with 2 workers (started once, before the
-first round), timed from the POST to the result (polled every 20 ms). "x" columns: a
+first round), timed from the POST to the result (a long poll). "x" columns: a
 system's time over Tally's.
 
 Results: bench/results/tpch.json (SF 1), bench/results/tpch-sf<SF>.json (any other SF).
@@ -184,8 +184,8 @@ PEERS = {"duckdb": (DUCKDB, "duckdb"), "polars": (POLARS, "polars"),
 
 class WarmTally:
     """``tally-serve``: the same query submitted to a running ``tally serve`` with 2 workers
-    (the cluster started once, before the first round), timed from the POST to the result;
-    the client polls every 20 ms (a tighter poll takes a visible share of 2 cores)."""
+    (the cluster started once, before the first round), timed from the POST to the result,
+    which the client waits for with a long poll (``Client.wait``)."""
 
     def __init__(self, tmp: Path) -> None:
         import re
@@ -214,8 +214,7 @@ class WarmTally:
     def run(self, table: Path, columns: str, sql: str) -> tuple[float, list[list[Any]]]:
         started = time.perf_counter()
         job = self.client.submit(str(table), {"sql": sql.format(table=table), "columns": columns})
-        doc = _until(lambda: (d := self.client.job(job))["state"] not in ("queued", "running")
-                     and d, every=0.02)  # fmt: skip
+        doc = self.client.wait(job, timeout=3600)
         elapsed = time.perf_counter() - started
         if doc["state"] != "succeeded":
             raise RuntimeError(f"tally-serve: {doc.get('error')}")

@@ -210,6 +210,25 @@ def test_a_job_runs_on_a_real_worker_and_every_view_shows_it(
     assert sum(r["event"] == "committed" for r in snap["records"]) == 100
 
 
+def test_a_long_poll_answers_once_the_job_has_ended(
+    make_api: Any, procs: Procs, sample_filelist: Path
+) -> None:
+    api = make_api()
+    job_id = api.submit({"source": str(sample_filelist), "query": {"top": 25}}).json()["id"]
+    # no worker: the wait runs out, and the job is still queued
+    assert api.get(f"/api/jobs/{job_id}?wait=0.2").json()["state"] == "queued"
+    for bad in ("-1", "61", "soon", "nan"):
+        refused = api.get(f"/api/jobs/{job_id}?wait={bad}")
+        assert (refused.status_code, refused.json()) == (
+            400,
+            {"error": "wait must be a number of seconds from 0 to 60"},
+        )
+    start_workers(procs, api.service.worker_port, 1)
+    doc = api.get(f"/api/jobs/{job_id}?wait=60").json()  # one request, answered at the end
+    assert doc["state"] == "succeeded" and doc["result"] == expected_result("top25")
+    assert api.get(f"/api/jobs/{job_id}?wait=5").json() == doc  # ended: at once
+
+
 def test_the_event_stream_sends_snapshots(make_api: Any, sample_filelist: Path) -> None:
     api = make_api()
     api.submit({"source": str(sample_filelist)})

@@ -35,12 +35,18 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define CTZ64(x) ((unsigned)__builtin_ctzll(x))
-#define POPCOUNT8(x) __builtin_popcount(x)
 #else
 #define UNLIKELY(x) (x)
 static unsigned CTZ64(uint64_t x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; n++; } return n; }
-static int POPCOUNT8(unsigned x) { int n = 0; for (; x; x &= x - 1) n++; return n; }
 #endif
+
+/* Set bits of x (no POPCNT instruction is assumed). */
+static inline int popcount64(uint64_t x) {
+    x -= (x >> 1) & UINT64_C(0x5555555555555555);
+    x = (x & UINT64_C(0x3333333333333333)) + ((x >> 2) & UINT64_C(0x3333333333333333));
+    x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+    return (int)((x * UINT64_C(0x0101010101010101)) >> 56);
+}
 
 #define FIELDS_ABI 1 /* bumped whenever the Python side must change with this file */
 #ifndef FIELDS_SOURCE
@@ -290,7 +296,7 @@ typedef struct {
     const uint8_t *buf;
     const int *slot; /* slot[f]: the column of field f, or -1 */
     Column *cols;
-    int ncols, width;
+    int ncols, width, last; /* last: the last wanted field */
     size_t row, invalid, line, start; /* rows kept, lines skipped; where the line and field start */
     int field, bad;
 } Scan;
@@ -347,6 +353,13 @@ static int scan(Scan *s, size_t n, uint8_t delim) {
         }
         if (UNLIKELY(mr)) return -1;
         for (uint64_t m = md | mn; m; m &= m - 1) {
+            if (s->field > s->last) { /* no wanted field left in the line: count to its end */
+                uint64_t nl = m & mn;
+                uint64_t before = nl ? (nl & (0 - nl)) - 1 : ~UINT64_C(0);
+                s->field += popcount64(m & before);
+                m &= ~before;
+                if (!m) break;
+            }
             unsigned i = CTZ64(m);
             if ((mn >> i) & 1 ? end_line(s, base + i) : end_field(s, base + i)) return -1;
         }
@@ -386,8 +399,14 @@ static int make_columns(Column *cols, int ncols, size_t rows, size_t text) {
 
 static Py_ssize_t count_valid(const uint8_t *bits, size_t rows) {
     Py_ssize_t n = 0;
-    for (size_t i = 0; i < rows / 8; i++) n += POPCOUNT8(bits[i]);
-    if (rows % 8) n += POPCOUNT8(bits[rows / 8] & ((1u << (rows % 8)) - 1));
+    size_t i = 0;
+    for (; i + 8 <= rows / 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, bits + i, 8);
+        n += popcount64(w);
+    }
+    for (; i < rows / 8; i++) n += popcount64(bits[i]);
+    if (rows % 8) n += popcount64(bits[rows / 8] & ((1u << (rows % 8)) - 1));
     return n;
 }
 
@@ -441,7 +460,9 @@ static PyObject *fields_parse(PyObject *Py_UNUSED(m), PyObject *args) {
     size_t n = (size_t)view.len, lines = 1;
     for (const uint8_t *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))); p++) lines++;
     if (make_columns(cols, (int)ncols, lines, n) < 0) goto done;
-    Scan s = {buf, slot, cols, (int)ncols, width, 0, 0, 0, 0, 0, 0};
+    int last = -1;
+    for (Py_ssize_t k = 0; k < ncols; k++) last = cols[k].field > last ? cols[k].field : last;
+    Scan s = {buf, slot, cols, (int)ncols, width, last, 0, 0, 0, 0, 0, 0};
     int failed;
     Py_BEGIN_ALLOW_THREADS
     failed = scan(&s, n, (uint8_t)delim);

@@ -31,6 +31,7 @@ from tally.service.jobs import JobService
 from tally.service.metrics import CONTENT_TYPE
 
 EVENTS_EVERY_S = 0.5
+MAX_WAIT_S = 60.0  # the longest long poll of GET /api/jobs/{id}?wait=S
 RECORDS_ON_CONNECT = 2000
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 OPEN_PATHS = ("/healthz",)
@@ -94,8 +95,20 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
+    """The job's document; with ``?wait=S``, once the job has ended or S seconds have
+    passed, whichever comes first (a long poll: no client needs to ask again and again)."""
     service = _service(request)
-    return JSONResponse(service.job_doc(service.entry(request.path_params["id"])))
+    entry = service.entry(request.path_params["id"])
+    wait = request.query_params.get("wait")
+    if wait is not None:
+        try:
+            seconds = float(wait)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= MAX_WAIT_S:
+            raise BadRequest(f"wait must be a number of seconds from 0 to {MAX_WAIT_S:g}")
+        await service.until_ended(entry, seconds)
+    return JSONResponse(service.job_doc(entry))
 
 
 async def cancel_job(request: Request) -> Response:

@@ -23,6 +23,7 @@ from typing import Any
 from tally.service.bodies import FINAL_STATES, BadRequest, ServiceError
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+LONG_POLL_S = 20.0  # each GET of Client.wait waits at most this long for the job to end
 
 
 class Client:
@@ -63,9 +64,11 @@ class Client:
             body["output"] = output
         return str(self._call("POST", "/api/jobs", body)["id"])
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        """The job's document: state, progress, and its result once it succeeded."""
-        return self._call("GET", f"/api/jobs/{job_id}")
+    def job(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """The job's document: state, progress, and its result once it succeeded. With
+        ``wait``, the server answers once the job has ended or ``wait`` seconds have passed."""
+        query = f"?wait={wait:g}" if wait > 0 else ""
+        return self._call("GET", f"/api/jobs/{job_id}{query}")
 
     def jobs(self) -> list[dict[str, Any]]:
         jobs: list[dict[str, Any]] = self._call("GET", "/api/jobs")["jobs"]
@@ -79,18 +82,17 @@ class Client:
         return self._call("DELETE", f"/api/jobs/{job_id}")
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Poll until the job has ended; return its final document. TimeoutError after
-        ``timeout`` seconds."""
+        """The job's final document, as soon as it has ended (long polls, each well within
+        the client's own timeout). TimeoutError after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
+        longest = max(0.1, min(LONG_POLL_S, self.timeout / 2))
         while True:
-            doc = self.job(job_id)
+            left = longest if deadline is None else min(longest, deadline - time.monotonic())
+            doc = self.job(job_id, wait=max(left, 0.0))
             if doc["state"] in FINAL_STATES:
                 return doc
-            if deadline is not None and time.monotonic() + delay > deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {doc['state']} after {timeout}s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
 
     def result_table(self, job_id: str) -> Any:
         """A succeeded job's result table (pyarrow), exactly as the server finalized it."""

@@ -11,11 +11,12 @@ with their committed partials, so only the tasks not yet committed run again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from tally.coordinator import Coordinator, CoordinatorConfig, JobRun, JobSpec, TaskPartial
@@ -75,6 +76,7 @@ class JobEntry:
     bytes_here: int = 0
     cancelling: bool = False
     done_before: int = 0  # tasks committed before this process resumed the job
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # set once ``state`` is
 
     @classmethod
     def from_row(cls, row: st.JobRow) -> JobEntry:
@@ -230,6 +232,7 @@ class JobService:
                               outcome.stats, also)  # fmt: skip
         entry.state, entry.finished = state, finished
         entry.error, entry.stats = outcome.error, outcome.stats
+        entry.ended.set()
         self.unfinished -= 1
         self.live.job_ended(run.id, self.coordinator.now())
         log.info("job %s %s%s", run.id, state, f": {outcome.error}" if outcome.error else "")
@@ -253,6 +256,12 @@ class JobService:
         if entry is None:
             raise ServiceError(404, f"no job {job_id}")
         return entry
+
+    async def until_ended(self, entry: JobEntry, timeout: float) -> None:
+        """Return once the job has ended, or after ``timeout`` seconds."""
+        if entry.state is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry.ended.wait(), timeout)
 
     def state_of(self, entry: JobEntry) -> str:
         if entry.state is not None:
