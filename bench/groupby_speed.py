@@ -11,8 +11,9 @@ reports its wall time and CPU time (user + system) over the whole file; the medi
 says what one core does, whatever else is running. Every candidate's answer is checked
 against DuckDB's (same column types). Candidates:
 
-- tally          tally.kernels.delimited.compute_partial + the merger: PyArrow CSV chunks
-                 streamed into one DuckDB aggregation, one thread
+- tally          tally.kernels.delimited.compute_partial + the merger: chunks read by the C
+                 field parser (_fields.c) streamed into one DuckDB aggregation, one thread
+- tally-pyarrow  the same with TALLY_NATIVE=0: PyArrow's CSV reader instead of the C parser
 - tally-2        the same in 2 processes, each over half the file (a line-aligned byte range),
                  partials merged: what 2 workers compute, without the cluster around them
 - duckdb-1/-2    DuckDB ``read_csv`` of the file with the same types, 1 and 2 threads
@@ -37,7 +38,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "tpch"
 RESULTS = ROOT / "bench" / "results" / "groupby_speed.json"
-CANDIDATES = ["tally", "tally-2", "duckdb-1", "duckdb-2", "duckdb-stream", "polars", "pyarrow"]
+CANDIDATES = [
+    "tally",
+    "tally-pyarrow",
+    "tally-2",
+    "duckdb-1",
+    "duckdb-2",
+    "duckdb-stream",
+    "polars",
+    "pyarrow",
+]
 CHUNK = 8 << 20
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -86,7 +96,7 @@ def run_candidate(name: str, path: Path) -> list[list[object]]:
     plan = bound_plan(path)
     types = {n: plan.schema.get(n, "VARCHAR") for n in LINEITEM} | {"trailing": "VARCHAR"}
     read = f"columns={types!r}, delim='|', header=false, quote='', escape='', auto_detect=false"
-    if name == "tally":
+    if name in ("tally", "tally-pyarrow"):
         from tally.kernels.delimited import compute_partial
         from tally.queries.groupby import GroupMerger
 
@@ -284,7 +294,9 @@ def child(name: str, path: Path) -> None:
 
 
 def measure(name: str, path: Path) -> dict[str, object]:
-    env = dict(os.environ, POLARS_MAX_THREADS="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, POLARS_MAX_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    if name == "tally-pyarrow":
+        env["TALLY_NATIVE"] = "0"  # no C field parser: every chunk through PyArrow's CSV reader
     cmd = [sys.executable, __file__, "--child", name, "--file", str(path)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     result: dict[str, object] = json.loads(out.splitlines()[-1])
