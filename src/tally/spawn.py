@@ -17,6 +17,7 @@ import contextlib
 import gc
 import logging
 import os
+import random
 import secrets
 import signal
 import socket
@@ -143,6 +144,7 @@ class LocalWorkers:
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)  # stdout carries the result alone
             os.environ["TALLY_TOKEN"] = self.token.decode()
+            random.seed()  # not the command's sequence (backoff jitter would be the same)
             logging.getLogger().handlers.clear()  # the worker sets up its own
             from tally.cli import main
 
