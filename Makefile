@@ -16,7 +16,7 @@ $(BIN)/python:
 # the full install (tests, checks, `tally report`, object stores) includes the base one (what
 # a worker of files and HTTP needs); the kernels' C extensions are built by the install,
 # and rebuilt when their sources change
-NATIVE := setup.py $(wildcard src/tally/kernels/_native*.[ch] src/tally/kernels/_fields.c)
+NATIVE := setup.py $(wildcard src/tally/kernels/_native*.[ch] src/tally/kernels/_fields*.[ch])
 
 $(STAMP): pyproject.toml $(NATIVE) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,report,cloud,functions]'

@@ -16,6 +16,7 @@ KERNELS = "src/tally/kernels"
 HEADERS = [f"{KERNELS}/_native_{name}.h" for name in ("common", "table", "spare")]
 SOURCE = f"{KERNELS}/_native.c"
 FIELDS = f"{KERNELS}/_fields.c"
+FIELDS_HEADERS = [f"{KERNELS}/_fields_values.h"]
 HERE = Path(__file__).resolve().parent
 
 
@@ -40,7 +41,8 @@ setup(
         Extension(
             "tally.kernels._fields",
             sources=[FIELDS],
-            define_macros=[("FIELDS_SOURCE", f'"{digest(FIELDS)}"')],
+            depends=FIELDS_HEADERS,
+            define_macros=[("FIELDS_SOURCE", f'"{digest(FIELDS, *FIELDS_HEADERS)}"')],
             extra_compile_args=FLAGS,
             optional=True,
         ),

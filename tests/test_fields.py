@@ -172,7 +172,8 @@ def test_the_extension_is_built_where_a_compiler_is() -> None:
     if COMPILER is None:
         pytest.skip("no C compiler here")
     assert fields._native is not None, "tally.kernels._fields is missing or stale: pip install -e ."
-    source = (ROOT / "src/tally/kernels/_fields.c").read_bytes()
+    kernels = ROOT / "src/tally/kernels"
+    source = b"".join((kernels / name).read_bytes() for name in ("_fields.c", "_fields_values.h"))
     assert hashlib.sha256(source).hexdigest()[:16] == fields._native.SOURCE, "pip install -e ."
     if os.environ.get("TALLY_NATIVE") != "0":
         assert fields.IMPLEMENTATION == "native"
