@@ -83,9 +83,10 @@ def texts(draw: st.DrawFn) -> bytes:
         draw(st.sampled_from([b""])) if draw(st.integers(0, 19)) == 0 else line(draw)
         for _ in range(draw(st.integers(1, 40)))
     ]
-    ending = draw(st.sampled_from([b"\n"] * 19 + [b"\r\n"]))
-    text = ending.join(lines)
-    return text + (ending if draw(st.booleans()) else b"")
+    crlf = draw(st.booleans())  # CRLF throughout, or LF; either with a stray CR or CRLF
+    endings = [b"\r\n" if crlf else b"\n"] * 30 + [b"\r\n", b"\n", b"\r"]
+    text = b"".join(line + draw(st.sampled_from(endings)) for line in lines)
+    return text if draw(st.booleans()) else text.rstrip(b"\r\n")
 
 
 @needs_native
@@ -132,6 +133,17 @@ def test_plain_values_are_read_in_c_with_their_exact_values() -> None:
         "f4": [0.0025, None, -0.0],
     }
     table.validate(full=True)
+
+
+@needs_native
+def test_crlf_lines_are_read_in_c() -> None:
+    schema = pa.schema([("f0", pa.string()), ("f1", pa.int64())])
+    got = read(b"a|1|\r\n\r\nb||\r\nc|3|", schema, 3)
+    assert got is not None
+    table, invalid = got
+    assert (table.to_pydict(), invalid) == ({"f0": ["a", "b", "c"], "f1": [1, None, 3]}, 0)
+    assert read(b"a|1|\r\nb|2|\r", schema, 3) is None  # a CR at the very end: no LF after it
+    assert read(b"a|1|\r\r\n", schema, 3) is None
 
 
 @needs_native

@@ -3,14 +3,14 @@
  * parse(buffer, delimiter, width, columns) reads whole lines of `width` fields and returns,
  * for each wanted field, the buffers of an Arrow array: a validity bitmap and the values
  * (int64, decimal128 with at most 18 digits, date32 or float64), or int32 offsets and bytes
- * (UTF-8 text). An empty field is NULL; an empty line is no row.
+ * (UTF-8 text). An empty field is NULL; an empty line is no row. Lines end with LF or CRLF.
  *
  * It takes only values whose reading is beyond doubt: the plain forms of numbers and dates
  * (`-12`, `-12.5` with at most `scale` decimals and `precision` digits, `1998-09-02`,
- * `-1.5e3`) and valid UTF-8. Anything else (another spelling, a value out of range, a '\r'
- * anywhere) makes it return None, and the caller reads those bytes the general way (PyArrow,
- * then DuckDB's TRY_CAST): this parser never decides a case the general path could decide
- * otherwise. A line with the wrong number of fields is skipped and counted, as PyArrow's
+ * `-1.5e3`) and valid UTF-8. Anything else (another spelling, a value out of range, a CR
+ * that is not part of a CRLF) makes it return None, and the caller reads those bytes the
+ * general way (PyArrow, then DuckDB's TRY_CAST): this parser never decides a case the general
+ * path could decide otherwise. A line with the wrong number of fields is skipped and counted, as PyArrow's
  * invalid-row handler does.
  *
  * One pass: each 64-byte block gives the masks of delimiters and newlines (SSE2 where there
@@ -174,8 +174,10 @@ static inline int end_field(Scan *s, size_t end) {
 
 /* The line ending at `end` (a newline, or the end of the buffer). */
 static inline int end_line(Scan *s, size_t end) {
+    size_t next = end + 1;
+    if (end > s->line && s->buf[end - 1] == '\r') end--; /* CRLF: the CR ends no field */
     if (end == s->line) { /* an empty line */
-        s->line = s->start = end + 1;
+        s->line = s->start = next;
         return 0;
     }
     int k = s->field < s->width ? s->slot[s->field] : -1;
@@ -188,13 +190,14 @@ static inline int end_line(Scan *s, size_t end) {
         s->row++;
     }
     s->field = s->bad = 0;
-    s->line = s->start = end + 1;
+    s->line = s->start = next;
     return 0;
 }
 
 /* Every line of s->buf[0, n) into the columns; -1 when a value is not beyond doubt. */
 static int scan(Scan *s, size_t n, uint8_t delim) {
     uint8_t tail[64];
+    uint64_t cr = 0; /* the last block ended with a CR */
     for (size_t base = 0; base < n; base += 64) {
         uint64_t md, mn, mr;
         if (n - base >= 64) {
@@ -209,7 +212,10 @@ static int scan(Scan *s, size_t n, uint8_t delim) {
             mn &= inside;
             mr &= inside;
         }
-        if (UNLIKELY(mr)) return -1;
+        if (UNLIKELY(mr | cr)) { /* a CR must end a line with the LF right after it */
+            if ((cr && !(mn & 1)) || (mr & ~(mn >> 1) & ~(UINT64_C(1) << 63))) return -1;
+            cr = mr >> 63;
+        }
         for (uint64_t m = md | mn; m; m &= m - 1) {
             if (s->field > s->last) { /* no wanted field left in the line: count to its end */
                 uint64_t nl = m & mn;
@@ -222,7 +228,8 @@ static int scan(Scan *s, size_t n, uint8_t delim) {
             if ((mn >> i) & 1 ? end_line(s, base + i) : end_field(s, base + i)) return -1;
         }
     }
-    return s->line < n ? end_line(s, n) : 0; /* the last line has no newline */
+    if (cr || (n && s->buf[n - 1] == '\r')) return -1; /* a CR without its LF */
+    return s->line < n ? end_line(s, n) : 0;            /* the last line has no newline */
 }
 
 /* -- the Python function ------------------------------------------------------------------ */
