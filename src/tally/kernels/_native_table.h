@@ -75,6 +75,7 @@ typedef struct {
     size_t n;
     uint64_t w0, w1, h; /* the first 16 bytes, zero padded past n; the hash */
     int64_t by;         /* lines to add: 1 for a line, a partial's count when merging */
+    size_t at, mask;    /* where the search of its slot goes on, in a table of that mask */
 } Pending;
 
 /* A domain in the arena: this header, its bytes, zeros up to a multiple of 8. */
@@ -187,7 +188,7 @@ static inline size_t max_used(const Table *c) {
 
 static int insert(Table *c, const Pending *k) {
     uint32_t hash = (uint32_t)k->h;
-    size_t i = hash & c->mask;
+    size_t i = k->mask == c->mask ? k->at : hash & c->mask;
     for (;;) {
         uint64_t s = c->slots[i];
         if (!s) break;
@@ -202,7 +203,9 @@ static int insert(Table *c, const Pending *k) {
     }
     if (c->used + 1 > max_used(c)) {
         if (table_grow(c) < 0) return -1;
-        return insert(c, k);
+        Pending again = *k;
+        again.mask = 0;
+        return insert(c, &again);
     }
     size_t size = record_size(k->n);
     if (c->arena_len + size + DATA_PAD > c->arena_cap) {
@@ -241,21 +244,25 @@ static int insert(Table *c, const Pending *k) {
 /* A lookup in three steps, each STAGE domains after the one before, so that its memory reads
  * overlap with the scan of the lines in between rather than wait one after another: the
  * slot is prefetched when the domain is hashed; then the slots from there on are searched
- * for one of the same hash, and its record prefetched; then the domain is compared and
- * counted (insert() looks it up again, from the caches). */
-static inline void find_record(Table *c, const Pending *k) {
+ * for one of the same hash, and its record prefetched (the lines of its first and its last
+ * byte); then the domain is compared and counted, insert() going on from the slot where the
+ * search stopped (slots are only ever filled, so the ones before it still do not match)
+ * unless the table grew in between. */
+static inline void find_record(Table *c, Pending *k) {
     uint32_t hash = (uint32_t)k->h;
     size_t j = hash & c->mask;
     uint64_t s;
+    k->mask = c->mask;
     while ((s = c->slots[j])) {
         if ((uint32_t)(s >> 32) == hash) {
             const uint8_t *r = (const uint8_t *)record_at(c, s);
             PREFETCH(r);
-            PREFETCH(r + sizeof(Record) + 15); /* the line of the key's 16th byte */
-            return;
+            PREFETCH(r + sizeof(Record) + k->n - 1); /* the line of the key's last byte */
+            break;
         }
         j = (j + 1) & c->mask;
     }
+    k->at = j;
 }
 
 static inline void step(Table *c) {
@@ -290,6 +297,7 @@ static inline void table_add(
         k.w1 = low_bytes(k.w1, n - 8);
     }
     k.h = hash_key(p, n, k.w0, k.w1, c->seed);
+    k.mask = 0; /* no search yet (a table has 1024 slots or more) */
     if (c->mask < SMALL_TABLE && !c->pending) { /* in the caches: no need for the steps */
         if (insert(c, &k) < 0) c->nomem = 1;
         return;
