@@ -25,12 +25,14 @@
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define PREFETCH(p) __builtin_prefetch(p)
+#define NOINLINE __attribute__((noinline))
 #define CTZ64(x) ((unsigned)__builtin_ctzll(x))
 #define CTZ32(x) ((unsigned)__builtin_ctz(x))
 #else
 #define LIKELY(x) (x)
 #define UNLIKELY(x) (x)
 #define PREFETCH(p) ((void)(p))
+#define NOINLINE
 static unsigned CTZ64(uint64_t x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; n++; } return n; }
 #define CTZ32(x) CTZ64((uint64_t)(x))
 #endif

@@ -11,7 +11,10 @@
  * the domain's hash (which also gives the slot) and the record's place in the arena (in
  * 8-byte words, plus one); 0 is a free slot. Eight slots share a cache line, so a table of
  * a million domains is 8 to 16 MiB, and growing it rehashes the slots alone (the hash is in
- * them), never a domain's bytes. */
+ * them), never a domain's bytes. In a large table (SMALL_TABLE slots or more) a search
+ * starts at the first slot of its slot's line (a GROUP), so that it almost always ends in
+ * the one line fetched, and a whole group is searched at once (probe); the groups then fill
+ * from their first slot on. */
 
 #ifndef TALLY_NATIVE_TABLE_H
 #define TALLY_NATIVE_TABLE_H
@@ -24,6 +27,7 @@
 #endif
 #define RING (4 * STAGE) /* domains on their way through the steps */
 #define KEY_INLINE 16
+#define GROUP 8 /* slots in a cache line */
 #define DATA_PAD 16          /* readable bytes after the last domain: 16-byte loads */
 #define SPARSE_TABLE (1 << 15) /* slots (256 KiB): up to this size, at most half full */
 #ifndef SMALL_TABLE
@@ -143,6 +147,8 @@ static size_t table_size(size_t n) {
     return slots;
 }
 
+static inline size_t home(uint64_t hash, size_t mask);
+
 static int table_grow(Table *c) {
     size_t old = c->mask + 1;
     uint64_t *from = c->slots;
@@ -154,7 +160,7 @@ static int table_grow(Table *c) {
     for (size_t i = 0; i < old; i++) {
         uint64_t s = from[i];
         if (!s) continue;
-        size_t j = (s >> 32) & mask;
+        size_t j = home(s >> 32, mask);
         while (to[j]) j = (j + 1) & mask;
         to[j] = s;
     }
@@ -164,6 +170,42 @@ static int table_grow(Table *c) {
     c->mask = mask;
     return 0;
 }
+
+/* Where the search for a hash starts: its slot in a small table, the first of its group in
+ * a large one (see the top of this file). */
+static inline size_t home(uint64_t hash, size_t mask) {
+    size_t i = hash & mask;
+    return mask < SMALL_TABLE ? i : i & ~(size_t)(GROUP - 1);
+}
+
+/* The first slot from i on (in the order of the search: see the top of this file) that is
+ * free or holds the given hash; with SSE2, a group of slots at a time, without a branch per
+ * slot (which of them stops the search is a guess that fails half the time). */
+static inline size_t probe(const Table *c, uint32_t hash, size_t i) {
+#if HAVE_SSE2
+    /* per 16 bytes (2 slots), 4 lanes: place free, hash equal, for each slot */
+    const __m128i needle = _mm_set1_epi64x((int64_t)((uint64_t)hash << 32));
+    for (;;) {
+        size_t at = i & ~(size_t)(GROUP - 1);
+        const __m128i *g = (const __m128i *)(c->slots + at);
+        unsigned bits = 0;
+        for (unsigned k = 0; k < GROUP / 2; k++) {
+            __m128i eq = _mm_cmpeq_epi32(_mm_loadu_si128(g + k), needle);
+            bits |= (unsigned)_mm_movemask_ps(_mm_castsi128_ps(eq)) << (4 * k);
+        }
+        bits = (bits | bits >> 1) & 0x5555 & (0xffffu << (2 * (i - at)));
+        if (bits) return at + CTZ32(bits) / 2;
+        i = (at + GROUP) & c->mask;
+    }
+#else
+    uint64_t s;
+    while ((s = c->slots[i]) && (uint32_t)(s >> 32) != hash) i = (i + 1) & c->mask;
+    return i;
+#endif
+}
+
+/* probe() where it is seldom needed: out of line. */
+NOINLINE static size_t probe_rarely(const Table *c, uint32_t hash, size_t i) { return probe(c, hash, i); }
 
 static inline size_t record_size(size_t n) { return sizeof(Record) + ((n + 7) & ~(size_t)7); }
 
@@ -188,7 +230,7 @@ static inline size_t max_used(const Table *c) {
 
 static int insert(Table *c, const Pending *k) {
     uint32_t hash = (uint32_t)k->h;
-    size_t i = k->mask == c->mask ? k->at : hash & c->mask;
+    size_t i = k->mask == c->mask ? k->at : home(hash, c->mask);
     for (;;) {
         uint64_t s = c->slots[i];
         if (!s) break;
@@ -200,6 +242,7 @@ static int insert(Table *c, const Pending *k) {
             }
         }
         i = (i + 1) & c->mask;
+        if (c->mask >= SMALL_TABLE) i = probe_rarely(c, hash, i); /* a group at a time */
     }
     if (c->used + 1 > max_used(c)) {
         if (table_grow(c) < 0) return -1;
@@ -250,19 +293,15 @@ static int insert(Table *c, const Pending *k) {
  * unless the table grew in between. */
 static inline void find_record(Table *c, Pending *k) {
     uint32_t hash = (uint32_t)k->h;
-    size_t j = hash & c->mask;
-    uint64_t s;
+    size_t j = probe(c, hash, home(hash, c->mask));
+    uint64_t s = c->slots[j];
     k->mask = c->mask;
-    while ((s = c->slots[j])) {
-        if ((uint32_t)(s >> 32) == hash) {
-            const uint8_t *r = (const uint8_t *)record_at(c, s);
-            PREFETCH(r);
-            PREFETCH(r + sizeof(Record) + k->n - 1); /* the line of the key's last byte */
-            break;
-        }
-        j = (j + 1) & c->mask;
-    }
     k->at = j;
+    if (s) {
+        const uint8_t *r = (const uint8_t *)record_at(c, s);
+        PREFETCH(r);
+        PREFETCH(r + sizeof(Record) + k->n - 1); /* the line of the key's last byte */
+    }
 }
 
 static inline void step(Table *c) {
@@ -280,6 +319,16 @@ static void flush(Table *c) {
         if (!c->nomem && insert(c, &c->ring[(c->head - i) % RING]) < 0) c->nomem = 1;
     }
     c->pending = 0;
+}
+
+/* Start the lookup of k, and take each of the domains before it a step further. Out of line:
+ * the line loop stays small for a small table, which needs no steps. */
+NOINLINE static void ring_add(Table *c, const Pending *k) {
+    PREFETCH(&c->slots[home((uint32_t)k->h, c->mask)]);
+    c->ring[c->head % RING] = *k;
+    c->head++;
+    c->pending++;
+    step(c);
 }
 
 /* Add by to the count of the n > 0 bytes at p (bytes up to limit may be loaded). */
@@ -302,11 +351,7 @@ static inline void table_add(
         if (insert(c, &k) < 0) c->nomem = 1;
         return;
     }
-    PREFETCH(&c->slots[(uint32_t)k.h & c->mask]);
-    c->ring[c->head % RING] = k;
-    c->head++;
-    c->pending++;
-    step(c);
+    ring_add(c, &k);
 }
 
 /* The counts as the buffers of Arrow columns, in the order first met: the domains' bytes
