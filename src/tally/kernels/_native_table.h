@@ -29,6 +29,8 @@
 #define KEY_INLINE 16
 #define GROUP 8 /* slots in a cache line */
 #define DATA_PAD 16          /* readable bytes after the last domain: 16-byte loads */
+#define SHORT_KEY 32 /* bytes: a key up to this long is copied as that many (no call) */
+#define ARENA_PAD SHORT_KEY /* bytes after the last record: a short key's copy, 16-byte loads */
 #define SPARSE_TABLE (1 << 15) /* slots (256 KiB): up to this size, at most half full */
 #ifndef SMALL_TABLE
 #define SMALL_TABLE (1 << 17) /* slots (1 MiB): a smaller table is looked up line by line */
@@ -93,12 +95,13 @@ typedef struct {
     size_t mask;     /* slots - 1, a power of two less one */
     size_t slots_cap; /* bytes allocated for the slots (a kept array may be larger) */
     size_t used;     /* records: distinct domains */
-    uint8_t *arena;  /* the records, DATA_PAD readable bytes after the last */
+    uint8_t *arena;  /* the records, ARENA_PAD bytes after the last */
     size_t arena_len, arena_cap;
     size_t key_bytes; /* the domains' bytes, all told */
     uint64_t seed;
     int nomem; /* an allocation failed: the counts are incomplete */
     size_t pending, head; /* domains in the ring; the next one's place */
+    const uint8_t *limit; /* bytes up to here may be loaded, for the domains being added */
     Pending ring[RING];
 } Table;
 
@@ -131,7 +134,7 @@ static int table_init(Table *c, size_t slots, int kept) {
     c->used = 0;
     c->arena = NULL;
     c->arena_len = c->arena_cap = c->key_bytes = 0;
-    if (kept && last_arena_len) c->arena = spare_take(last_arena_len + DATA_PAD, &c->arena_cap);
+    if (kept && last_arena_len) c->arena = spare_take(last_arena_len + ARENA_PAD, &c->arena_cap);
     c->nomem = 0;
     c->pending = c->head = 0;
     return 0;
@@ -217,7 +220,7 @@ static inline Record *record_at(const Table *c, uint64_t slot) {
 static inline int same_key(const Record *r, const Pending *k) {
     if (r->len != k->n) return 0;
     const uint8_t *q = (const uint8_t *)(r + 1);
-    uint64_t a0 = load64(q), a1 = load64(q + 8); /* 16 bytes readable: DATA_PAD */
+    uint64_t a0 = load64(q), a1 = load64(q + 8); /* 16 bytes readable: ARENA_PAD */
     if (k->n <= 8) return a0 == k->w0; /* zero padded alike (a1: the next record) */
     if (k->n <= KEY_INLINE) return a0 == k->w0 && a1 == k->w1;
     return a0 == k->w0 && a1 == k->w1 && same_tail(q, k->p, k->n);
@@ -251,9 +254,9 @@ static int insert(Table *c, const Pending *k) {
         return insert(c, &again);
     }
     size_t size = record_size(k->n);
-    if (c->arena_len + size + DATA_PAD > c->arena_cap) {
+    if (c->arena_len + size + ARENA_PAD > c->arena_cap) {
         size_t cap = c->arena_cap ? 2 * c->arena_cap : 1 << 14;
-        while (cap < c->arena_len + size + DATA_PAD) cap *= 2;
+        while (cap < c->arena_len + size + ARENA_PAD) cap *= 2;
         uint8_t *arena = array_grow(c->arena, c->arena_cap, cap);
         if (!arena) return -1;
         c->arena = arena;
@@ -265,8 +268,8 @@ static int insert(Table *c, const Pending *k) {
     uint8_t *key = (uint8_t *)(r + 1);
     r->count = k->by;
     r->len = k->n;
-    memset(key + size - sizeof(Record) - 8, 0, 8 + DATA_PAD); /* padding, and what follows */
     if (k->n <= KEY_INLINE) { /* the words already loaded, zero padded */
+        memset(key + size - sizeof(Record) - 8, 0, 8 + DATA_PAD); /* padding, what follows */
         memcpy(key, &k->w0, 8);
         memcpy(key + 8, &k->w1, 8);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -274,6 +277,8 @@ static int insert(Table *c, const Pending *k) {
         memcpy(key, &w0, 8);
         memcpy(key + 8, &w1, 8);
 #endif
+    } else if (k->n <= SHORT_KEY && (size_t)(c->limit - k->p) >= SHORT_KEY) {
+        memcpy(key, k->p, SHORT_KEY); /* past the key: the padding (compared only up to 16) */
     } else {
         memcpy(key, k->p, k->n);
     }
@@ -335,6 +340,7 @@ NOINLINE static void ring_add(Table *c, const Pending *k) {
 static inline void table_add(
     Table *c, const uint8_t *p, size_t n, const uint8_t *limit, int64_t by) {
     Pending k;
+    c->limit = limit; /* the same for every domain of one add() or merge() */
     k.by = by;
     k.p = p;
     k.n = n;
@@ -365,7 +371,7 @@ typedef struct {
 
 static int table_columns(const Table *c, Columns *out) {
     size_t n = c->used;
-    out->data_cap = c->key_bytes + DATA_PAD;
+    out->data_cap = c->key_bytes + SHORT_KEY;
     out->offsets_cap = (n + 1) * sizeof(int64_t);
     out->counts_cap = (n ? n : 1) * sizeof(int64_t);
     out->data = spare_or_new(out->data_cap, &out->data_cap); /* every byte read is written */
@@ -381,7 +387,11 @@ static int table_columns(const Table *c, Columns *out) {
     out->offsets[0] = 0;
     for (size_t place = 0; place < c->arena_len; e++) {
         const Record *r = (const Record *)(c->arena + place);
-        memcpy(out->data + at, r + 1, r->len);
+        if (r->len <= SHORT_KEY) { /* the next key, or the padding, is written after it */
+            memcpy(out->data + at, r + 1, SHORT_KEY);
+        } else {
+            memcpy(out->data + at, r + 1, r->len);
+        }
         at += r->len;
         out->offsets[e + 1] = (int64_t)at;
         out->counts[e] = r->count;
