@@ -27,7 +27,7 @@
 #endif
 #define RING (4 * STAGE) /* domains on their way through the steps */
 #define KEY_INLINE 16
-#define GROUP 8 /* slots in a cache line */
+#define GROUP 8 /* slots in a cache line (probe() is written for 8) */
 #define DATA_PAD 16          /* readable bytes after the last domain: 16-byte loads */
 #define SHORT_KEY 32 /* bytes: a key up to this long is copied as that many (no call) */
 #define ARENA_PAD SHORT_KEY /* bytes after the last record: a short key's copy, 16-byte loads */
@@ -186,16 +186,18 @@ static inline size_t home(uint64_t hash, size_t mask) {
  * slot (which of them stops the search is a guess that fails half the time). */
 static inline size_t probe(const Table *c, uint32_t hash, size_t i) {
 #if HAVE_SSE2
-    /* per 16 bytes (2 slots), 4 lanes: place free, hash equal, for each slot */
+    /* each slot's halves compared as 32-bit lanes: its place with 0 (free), its hash with
+     * hash; the 16 lanes of a group narrowed to bytes, 2 bits a slot */
     const __m128i needle = _mm_set1_epi64x((int64_t)((uint64_t)hash << 32));
     for (;;) {
         size_t at = i & ~(size_t)(GROUP - 1);
         const __m128i *g = (const __m128i *)(c->slots + at);
-        unsigned bits = 0;
-        for (unsigned k = 0; k < GROUP / 2; k++) {
-            __m128i eq = _mm_cmpeq_epi32(_mm_loadu_si128(g + k), needle);
-            bits |= (unsigned)_mm_movemask_ps(_mm_castsi128_ps(eq)) << (4 * k);
-        }
+        __m128i e0 = _mm_cmpeq_epi32(_mm_loadu_si128(g), needle);
+        __m128i e1 = _mm_cmpeq_epi32(_mm_loadu_si128(g + 1), needle);
+        __m128i e2 = _mm_cmpeq_epi32(_mm_loadu_si128(g + 2), needle);
+        __m128i e3 = _mm_cmpeq_epi32(_mm_loadu_si128(g + 3), needle);
+        __m128i eq = _mm_packs_epi16(_mm_packs_epi32(e0, e1), _mm_packs_epi32(e2, e3));
+        unsigned bits = (unsigned)_mm_movemask_epi8(eq);
         bits = (bits | bits >> 1) & 0x5555 & (0xffffu << (2 * (i - at)));
         if (bits) return at + CTZ32(bits) / 2;
         i = (at + GROUP) & c->mask;
