@@ -181,6 +181,12 @@ static inline size_t home(uint64_t hash, size_t mask) {
     return mask < SMALL_TABLE ? i : i & ~(size_t)(GROUP - 1);
 }
 
+/* home() in a large table: the only kind whose lookups go through the steps (the ring is
+ * empty whenever a table is small: see table_add; a table only grows). */
+static inline size_t group_home(uint64_t hash, size_t mask) {
+    return hash & mask & ~(size_t)(GROUP - 1);
+}
+
 /* The first slot from i on (in the order of the search: see the top of this file) that is
  * free or holds the given hash; with SSE2, a group of slots at a time, without a branch per
  * slot (which of them stops the search is a guess that fails half the time). */
@@ -300,7 +306,7 @@ static int insert(Table *c, const Pending *k) {
  * unless the table grew in between. */
 static inline void find_record(Table *c, Pending *k) {
     uint32_t hash = (uint32_t)k->h;
-    size_t j = probe(c, hash, home(hash, c->mask));
+    size_t j = probe(c, hash, group_home(hash, c->mask));
     uint64_t s = c->slots[j];
     k->mask = c->mask;
     k->at = j;
@@ -331,7 +337,7 @@ static void flush(Table *c) {
 /* Start the lookup of k, and take each of the domains before it a step further. Out of line:
  * the line loop stays small for a small table, which needs no steps. */
 NOINLINE static void ring_add(Table *c, const Pending *k) {
-    PREFETCH(&c->slots[home((uint32_t)k->h, c->mask)]);
+    PREFETCH(&c->slots[group_home((uint32_t)k->h, c->mask)]);
     c->ring[c->head % RING] = *k;
     c->head++;
     c->pending++;
