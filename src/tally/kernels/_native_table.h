@@ -360,7 +360,7 @@ static inline void table_add(
         k.w1 = low_bytes(k.w1, n - 8);
     }
     k.h = hash_key(p, n, k.w0, k.w1, c->seed);
-    k.mask = 0; /* no search yet (a table has 1024 slots or more) */
+    k.at = k.mask = 0; /* no search yet (a table has 1024 slots or more) */
     if (c->mask < SMALL_TABLE && !c->pending) { /* in the caches: no need for the steps */
         if (insert(c, &k) < 0) c->nomem = 1;
         return;
