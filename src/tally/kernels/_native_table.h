@@ -36,44 +36,6 @@
 #define SMALL_TABLE (1 << 17) /* slots (1 MiB): a smaller table is looked up line by line */
 #endif
 
-/* -- hashing ---------------------------------------------------------------------------- */
-
-static inline uint64_t mix(uint64_t a, uint64_t b) {
-#if defined(__SIZEOF_INT128__)
-    __uint128_t r = (__uint128_t)a * b;
-    return (uint64_t)r ^ (uint64_t)(r >> 64);
-#else
-    uint64_t r = a * (b | 1);
-    return r ^ (r >> 32) ^ (b * UINT64_C(0x9e3779b97f4a7c15));
-#endif
-}
-
-#define K1 UINT64_C(0xa0761d6478bd642f)
-#define K2 UINT64_C(0xe7037ed1a0b428db)
-#define K3 UINT64_C(0x8ebc6af09c88c6e3)
-
-/* The hash of the n bytes at p, whose first 16 bytes (zero padded) are w0, w1. */
-static inline uint64_t hash_key(
-    const uint8_t *p, size_t n, uint64_t w0, uint64_t w1, uint64_t seed) {
-    uint64_t h = mix(w0 ^ seed ^ K1, w1 ^ K2 ^ n);
-    if (UNLIKELY(n > KEY_INLINE)) {
-        size_t i = KEY_INLINE;
-        for (; i + 16 < n; i += 16) h = mix(h ^ load64(p + i) ^ K1, load64(p + i + 8) ^ K2);
-        /* the last 16 bytes, overlapping what was hashed */
-        h = mix(h ^ load64(p + n - 16) ^ K3, load64(p + n - 8) ^ K2);
-    }
-    return h;
-}
-
-/* Whether the n > 16 bytes at a and b are equal, given that their first 16 are. */
-static inline int same_tail(const uint8_t *a, const uint8_t *b, size_t n) {
-    size_t i = 16;
-    for (; i + 8 < n; i += 8) {
-        if (load64(a + i) != load64(b + i)) return 0;
-    }
-    return load64(a + n - 8) == load64(b + n - 8);
-}
-
 /* -- the table -------------------------------------------------------------------------- */
 
 typedef struct {
@@ -150,7 +112,18 @@ static size_t table_size(size_t n) {
     return slots;
 }
 
-static inline size_t home(uint64_t hash, size_t mask);
+/* Where the search for a hash starts: its slot in a small table, the first of its group in
+ * a large one (see the top of this file). */
+static inline size_t home(uint64_t hash, size_t mask) {
+    size_t i = hash & mask;
+    return mask < SMALL_TABLE ? i : i & ~(size_t)(GROUP - 1);
+}
+
+/* home() in a large table: the only kind whose lookups go through the steps (the ring is
+ * empty whenever a table is small: see table_add; a table only grows). */
+static inline size_t group_home(uint64_t hash, size_t mask) {
+    return hash & mask & ~(size_t)(GROUP - 1);
+}
 
 static int table_grow(Table *c) {
     size_t old = c->mask + 1;
@@ -172,19 +145,6 @@ static int table_grow(Table *c) {
     c->slots_cap = cap;
     c->mask = mask;
     return 0;
-}
-
-/* Where the search for a hash starts: its slot in a small table, the first of its group in
- * a large one (see the top of this file). */
-static inline size_t home(uint64_t hash, size_t mask) {
-    size_t i = hash & mask;
-    return mask < SMALL_TABLE ? i : i & ~(size_t)(GROUP - 1);
-}
-
-/* home() in a large table: the only kind whose lookups go through the steps (the ring is
- * empty whenever a table is small: see table_add; a table only grows). */
-static inline size_t group_home(uint64_t hash, size_t mask) {
-    return hash & mask & ~(size_t)(GROUP - 1);
 }
 
 /* The first slot from i on (in the order of the search: see the top of this file) that is
@@ -216,7 +176,9 @@ static inline size_t probe(const Table *c, uint32_t hash, size_t i) {
 }
 
 /* probe() where it is seldom needed: out of line. */
-NOINLINE static size_t probe_rarely(const Table *c, uint32_t hash, size_t i) { return probe(c, hash, i); }
+NOINLINE static size_t probe_rarely(const Table *c, uint32_t hash, size_t i) {
+    return probe(c, hash, i);
+}
 
 static inline size_t record_size(size_t n) { return sizeof(Record) + ((n + 7) & ~(size_t)7); }
 
