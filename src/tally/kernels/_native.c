@@ -18,9 +18,10 @@
  *    place; linear probing, at most half full up to 256 KiB, three quarters beyond). Once
  *    the table outgrows the caches, each domain's slot, then its record, is prefetched some
  *    lines ahead of its compare, so lookups cost overlapping memory reads rather than one
- *    miss after another; large arrays are mapped in huge pages. take() writes the partial
- *    as the buffers of Arrow columns in one pass over the arena and hands them to Python
- *    as they are: no object is made per domain.
+ *    miss after another, and a search looks at the 8 slots of a cache line at once; large
+ *    arrays are mapped in huge pages. take() writes the partial as the buffers of Arrow
+ *    columns in one pass over the arena and hands them to Python as they are: no object is
+ *    made per domain.
  *
  * Bytes are compared exactly; the bytes after a run are never read past the buffer's end.
  * The GIL is released while a run is scanned (the buffer stays exported, so it cannot move).

@@ -1,4 +1,5 @@
-/* Headers, compiler helpers and byte loads shared by _native.c and _native_table.h. */
+/* Headers, compiler helpers, byte loads and the hash of a domain's bytes, shared by _native.c
+ * and _native_table.h. */
 
 #ifndef TALLY_NATIVE_COMMON_H
 #define TALLY_NATIVE_COMMON_H
@@ -25,12 +26,14 @@
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define PREFETCH(p) __builtin_prefetch(p)
+#define NOINLINE __attribute__((noinline))
 #define CTZ64(x) ((unsigned)__builtin_ctzll(x))
 #define CTZ32(x) ((unsigned)__builtin_ctz(x))
 #else
 #define LIKELY(x) (x)
 #define UNLIKELY(x) (x)
 #define PREFETCH(p) ((void)(p))
+#define NOINLINE
 static unsigned CTZ64(uint64_t x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; n++; } return n; }
 #define CTZ32(x) CTZ64((uint64_t)(x))
 #endif
@@ -126,6 +129,44 @@ static void array_free(void *p, size_t cap) {
 /* The low n bytes of x (n <= 8). */
 static inline uint64_t low_bytes(uint64_t x, size_t n) {
     return n >= 8 ? x : x & ((UINT64_C(1) << (8 * n)) - 1);
+}
+
+/* -- hashing ---------------------------------------------------------------------------- */
+
+static inline uint64_t mix(uint64_t a, uint64_t b) {
+#if defined(__SIZEOF_INT128__)
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+#else
+    uint64_t r = a * (b | 1);
+    return r ^ (r >> 32) ^ (b * UINT64_C(0x9e3779b97f4a7c15));
+#endif
+}
+
+#define K1 UINT64_C(0xa0761d6478bd642f)
+#define K2 UINT64_C(0xe7037ed1a0b428db)
+#define K3 UINT64_C(0x8ebc6af09c88c6e3)
+
+/* The hash of the n bytes at p, whose first 16 bytes (zero padded) are w0, w1. */
+static inline uint64_t hash_key(
+    const uint8_t *p, size_t n, uint64_t w0, uint64_t w1, uint64_t seed) {
+    uint64_t h = mix(w0 ^ seed ^ K1, w1 ^ K2 ^ n);
+    if (UNLIKELY(n > 16)) {
+        size_t i = 16;
+        for (; i + 16 < n; i += 16) h = mix(h ^ load64(p + i) ^ K1, load64(p + i + 8) ^ K2);
+        /* the last 16 bytes, overlapping what was hashed */
+        h = mix(h ^ load64(p + n - 16) ^ K3, load64(p + n - 8) ^ K2);
+    }
+    return h;
+}
+
+/* Whether the n > 16 bytes at a and b are equal, given that their first 16 are. */
+static inline int same_tail(const uint8_t *a, const uint8_t *b, size_t n) {
+    size_t i = 16;
+    for (; i + 8 < n; i += 8) {
+        if (load64(a + i) != load64(b + i)) return 0;
+    }
+    return load64(a + n - 8) == load64(b + n - 8);
 }
 
 #endif

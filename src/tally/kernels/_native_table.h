@@ -11,7 +11,10 @@
  * the domain's hash (which also gives the slot) and the record's place in the arena (in
  * 8-byte words, plus one); 0 is a free slot. Eight slots share a cache line, so a table of
  * a million domains is 8 to 16 MiB, and growing it rehashes the slots alone (the hash is in
- * them), never a domain's bytes. */
+ * them), never a domain's bytes. In a large table (SMALL_TABLE slots or more) a search
+ * starts at the first slot of its slot's line (a GROUP), so that it almost always ends in
+ * the one line fetched, and a whole group is searched at once (probe); the groups then fill
+ * from their first slot on. */
 
 #ifndef TALLY_NATIVE_TABLE_H
 #define TALLY_NATIVE_TABLE_H
@@ -24,49 +27,14 @@
 #endif
 #define RING (4 * STAGE) /* domains on their way through the steps */
 #define KEY_INLINE 16
+#define GROUP 8 /* slots in a cache line (probe() is written for 8) */
 #define DATA_PAD 16          /* readable bytes after the last domain: 16-byte loads */
+#define SHORT_KEY 32 /* bytes: a key up to this long is copied as that many (no call) */
+#define ARENA_PAD SHORT_KEY /* bytes after the last record: a short key's copy, 16-byte loads */
 #define SPARSE_TABLE (1 << 15) /* slots (256 KiB): up to this size, at most half full */
 #ifndef SMALL_TABLE
 #define SMALL_TABLE (1 << 17) /* slots (1 MiB): a smaller table is looked up line by line */
 #endif
-
-/* -- hashing ---------------------------------------------------------------------------- */
-
-static inline uint64_t mix(uint64_t a, uint64_t b) {
-#if defined(__SIZEOF_INT128__)
-    __uint128_t r = (__uint128_t)a * b;
-    return (uint64_t)r ^ (uint64_t)(r >> 64);
-#else
-    uint64_t r = a * (b | 1);
-    return r ^ (r >> 32) ^ (b * UINT64_C(0x9e3779b97f4a7c15));
-#endif
-}
-
-#define K1 UINT64_C(0xa0761d6478bd642f)
-#define K2 UINT64_C(0xe7037ed1a0b428db)
-#define K3 UINT64_C(0x8ebc6af09c88c6e3)
-
-/* The hash of the n bytes at p, whose first 16 bytes (zero padded) are w0, w1. */
-static inline uint64_t hash_key(
-    const uint8_t *p, size_t n, uint64_t w0, uint64_t w1, uint64_t seed) {
-    uint64_t h = mix(w0 ^ seed ^ K1, w1 ^ K2 ^ n);
-    if (UNLIKELY(n > KEY_INLINE)) {
-        size_t i = KEY_INLINE;
-        for (; i + 16 < n; i += 16) h = mix(h ^ load64(p + i) ^ K1, load64(p + i + 8) ^ K2);
-        /* the last 16 bytes, overlapping what was hashed */
-        h = mix(h ^ load64(p + n - 16) ^ K3, load64(p + n - 8) ^ K2);
-    }
-    return h;
-}
-
-/* Whether the n > 16 bytes at a and b are equal, given that their first 16 are. */
-static inline int same_tail(const uint8_t *a, const uint8_t *b, size_t n) {
-    size_t i = 16;
-    for (; i + 8 < n; i += 8) {
-        if (load64(a + i) != load64(b + i)) return 0;
-    }
-    return load64(a + n - 8) == load64(b + n - 8);
-}
 
 /* -- the table -------------------------------------------------------------------------- */
 
@@ -75,6 +43,7 @@ typedef struct {
     size_t n;
     uint64_t w0, w1, h; /* the first 16 bytes, zero padded past n; the hash */
     int64_t by;         /* lines to add: 1 for a line, a partial's count when merging */
+    size_t at, mask;    /* where the search of its slot goes on, in a table of that mask */
 } Pending;
 
 /* A domain in the arena: this header, its bytes, zeros up to a multiple of 8. */
@@ -88,12 +57,13 @@ typedef struct {
     size_t mask;     /* slots - 1, a power of two less one */
     size_t slots_cap; /* bytes allocated for the slots (a kept array may be larger) */
     size_t used;     /* records: distinct domains */
-    uint8_t *arena;  /* the records, DATA_PAD readable bytes after the last */
+    uint8_t *arena;  /* the records, ARENA_PAD bytes after the last */
     size_t arena_len, arena_cap;
     size_t key_bytes; /* the domains' bytes, all told */
     uint64_t seed;
     int nomem; /* an allocation failed: the counts are incomplete */
     size_t pending, head; /* domains in the ring; the next one's place */
+    const uint8_t *limit; /* bytes up to here may be loaded, for the domains being added */
     Pending ring[RING];
 } Table;
 
@@ -126,7 +96,7 @@ static int table_init(Table *c, size_t slots, int kept) {
     c->used = 0;
     c->arena = NULL;
     c->arena_len = c->arena_cap = c->key_bytes = 0;
-    if (kept && last_arena_len) c->arena = spare_take(last_arena_len + DATA_PAD, &c->arena_cap);
+    if (kept && last_arena_len) c->arena = spare_take(last_arena_len + ARENA_PAD, &c->arena_cap);
     c->nomem = 0;
     c->pending = c->head = 0;
     return 0;
@@ -142,6 +112,19 @@ static size_t table_size(size_t n) {
     return slots;
 }
 
+/* Where the search for a hash starts: its slot in a small table, the first of its group in
+ * a large one (see the top of this file). */
+static inline size_t home(uint64_t hash, size_t mask) {
+    size_t i = hash & mask;
+    return mask < SMALL_TABLE ? i : i & ~(size_t)(GROUP - 1);
+}
+
+/* home() in a large table: the only kind whose lookups go through the steps (the ring is
+ * empty whenever a table is small: see table_add; a table only grows). */
+static inline size_t group_home(uint64_t hash, size_t mask) {
+    return hash & mask & ~(size_t)(GROUP - 1);
+}
+
 static int table_grow(Table *c) {
     size_t old = c->mask + 1;
     uint64_t *from = c->slots;
@@ -153,7 +136,7 @@ static int table_grow(Table *c) {
     for (size_t i = 0; i < old; i++) {
         uint64_t s = from[i];
         if (!s) continue;
-        size_t j = (s >> 32) & mask;
+        size_t j = home(s >> 32, mask);
         while (to[j]) j = (j + 1) & mask;
         to[j] = s;
     }
@@ -162,6 +145,39 @@ static int table_grow(Table *c) {
     c->slots_cap = cap;
     c->mask = mask;
     return 0;
+}
+
+/* The first slot from i on (in the order of the search: see the top of this file) that is
+ * free or holds the given hash; with SSE2, a group of slots at a time, without a branch per
+ * slot (which of them stops the search is a guess that fails half the time). */
+static inline size_t probe(const Table *c, uint32_t hash, size_t i) {
+#if HAVE_SSE2
+    /* each slot's halves compared as 32-bit lanes: its place with 0 (free), its hash with
+     * hash; the 16 lanes of a group narrowed to bytes, 2 bits a slot */
+    const __m128i needle = _mm_set1_epi64x((int64_t)((uint64_t)hash << 32));
+    for (;;) {
+        size_t at = i & ~(size_t)(GROUP - 1);
+        const __m128i *g = (const __m128i *)(c->slots + at);
+        __m128i e0 = _mm_cmpeq_epi32(_mm_loadu_si128(g), needle);
+        __m128i e1 = _mm_cmpeq_epi32(_mm_loadu_si128(g + 1), needle);
+        __m128i e2 = _mm_cmpeq_epi32(_mm_loadu_si128(g + 2), needle);
+        __m128i e3 = _mm_cmpeq_epi32(_mm_loadu_si128(g + 3), needle);
+        __m128i eq = _mm_packs_epi16(_mm_packs_epi32(e0, e1), _mm_packs_epi32(e2, e3));
+        unsigned bits = (unsigned)_mm_movemask_epi8(eq);
+        bits = (bits | bits >> 1) & 0x5555 & (0xffffu << (2 * (i - at)));
+        if (bits) return at + CTZ32(bits) / 2;
+        i = (at + GROUP) & c->mask;
+    }
+#else
+    uint64_t s;
+    while ((s = c->slots[i]) && (uint32_t)(s >> 32) != hash) i = (i + 1) & c->mask;
+    return i;
+#endif
+}
+
+/* probe() where it is seldom needed: out of line. */
+NOINLINE static size_t probe_rarely(const Table *c, uint32_t hash, size_t i) {
+    return probe(c, hash, i);
 }
 
 static inline size_t record_size(size_t n) { return sizeof(Record) + ((n + 7) & ~(size_t)7); }
@@ -174,7 +190,7 @@ static inline Record *record_at(const Table *c, uint64_t slot) {
 static inline int same_key(const Record *r, const Pending *k) {
     if (r->len != k->n) return 0;
     const uint8_t *q = (const uint8_t *)(r + 1);
-    uint64_t a0 = load64(q), a1 = load64(q + 8); /* 16 bytes readable: DATA_PAD */
+    uint64_t a0 = load64(q), a1 = load64(q + 8); /* 16 bytes readable: ARENA_PAD */
     if (k->n <= 8) return a0 == k->w0; /* zero padded alike (a1: the next record) */
     if (k->n <= KEY_INLINE) return a0 == k->w0 && a1 == k->w1;
     return a0 == k->w0 && a1 == k->w1 && same_tail(q, k->p, k->n);
@@ -187,7 +203,7 @@ static inline size_t max_used(const Table *c) {
 
 static int insert(Table *c, const Pending *k) {
     uint32_t hash = (uint32_t)k->h;
-    size_t i = hash & c->mask;
+    size_t i = k->mask == c->mask ? k->at : home(hash, c->mask);
     for (;;) {
         uint64_t s = c->slots[i];
         if (!s) break;
@@ -199,15 +215,18 @@ static int insert(Table *c, const Pending *k) {
             }
         }
         i = (i + 1) & c->mask;
+        if (c->mask >= SMALL_TABLE) i = probe_rarely(c, hash, i); /* a group at a time */
     }
     if (c->used + 1 > max_used(c)) {
         if (table_grow(c) < 0) return -1;
-        return insert(c, k);
+        Pending again = *k;
+        again.mask = 0;
+        return insert(c, &again);
     }
     size_t size = record_size(k->n);
-    if (c->arena_len + size + DATA_PAD > c->arena_cap) {
+    if (c->arena_len + size + ARENA_PAD > c->arena_cap) {
         size_t cap = c->arena_cap ? 2 * c->arena_cap : 1 << 14;
-        while (cap < c->arena_len + size + DATA_PAD) cap *= 2;
+        while (cap < c->arena_len + size + ARENA_PAD) cap *= 2;
         uint8_t *arena = array_grow(c->arena, c->arena_cap, cap);
         if (!arena) return -1;
         c->arena = arena;
@@ -219,8 +238,8 @@ static int insert(Table *c, const Pending *k) {
     uint8_t *key = (uint8_t *)(r + 1);
     r->count = k->by;
     r->len = k->n;
-    memset(key + size - sizeof(Record) - 8, 0, 8 + DATA_PAD); /* padding, and what follows */
     if (k->n <= KEY_INLINE) { /* the words already loaded, zero padded */
+        memset(key + size - sizeof(Record) - 8, 0, 8 + DATA_PAD); /* padding, what follows */
         memcpy(key, &k->w0, 8);
         memcpy(key + 8, &k->w1, 8);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -228,6 +247,8 @@ static int insert(Table *c, const Pending *k) {
         memcpy(key, &w0, 8);
         memcpy(key + 8, &w1, 8);
 #endif
+    } else if (k->n <= SHORT_KEY && (size_t)(c->limit - k->p) >= SHORT_KEY) {
+        memcpy(key, k->p, SHORT_KEY); /* past the key: the padding (compared only up to 16) */
     } else {
         memcpy(key, k->p, k->n);
     }
@@ -241,20 +262,20 @@ static int insert(Table *c, const Pending *k) {
 /* A lookup in three steps, each STAGE domains after the one before, so that its memory reads
  * overlap with the scan of the lines in between rather than wait one after another: the
  * slot is prefetched when the domain is hashed; then the slots from there on are searched
- * for one of the same hash, and its record prefetched; then the domain is compared and
- * counted (insert() looks it up again, from the caches). */
-static inline void find_record(Table *c, const Pending *k) {
+ * for one of the same hash, and its record prefetched (the lines of its first and its last
+ * byte); then the domain is compared and counted, insert() going on from the slot where the
+ * search stopped (slots are only ever filled, so the ones before it still do not match)
+ * unless the table grew in between. */
+static inline void find_record(Table *c, Pending *k) {
     uint32_t hash = (uint32_t)k->h;
-    size_t j = hash & c->mask;
-    uint64_t s;
-    while ((s = c->slots[j])) {
-        if ((uint32_t)(s >> 32) == hash) {
-            const uint8_t *r = (const uint8_t *)record_at(c, s);
-            PREFETCH(r);
-            PREFETCH(r + sizeof(Record) + 15); /* the line of the key's 16th byte */
-            return;
-        }
-        j = (j + 1) & c->mask;
+    size_t j = probe(c, hash, group_home(hash, c->mask));
+    uint64_t s = c->slots[j];
+    k->mask = c->mask;
+    k->at = j;
+    if (s) {
+        const uint8_t *r = (const uint8_t *)record_at(c, s);
+        PREFETCH(r);
+        PREFETCH(r + sizeof(Record) + k->n - 1); /* the line of the key's last byte */
     }
 }
 
@@ -275,10 +296,21 @@ static void flush(Table *c) {
     c->pending = 0;
 }
 
+/* Start the lookup of k, and take each of the domains before it a step further. Out of line:
+ * the line loop stays small for a small table, which needs no steps. */
+NOINLINE static void ring_add(Table *c, const Pending *k) {
+    PREFETCH(&c->slots[group_home((uint32_t)k->h, c->mask)]);
+    c->ring[c->head % RING] = *k;
+    c->head++;
+    c->pending++;
+    step(c);
+}
+
 /* Add by to the count of the n > 0 bytes at p (bytes up to limit may be loaded). */
 static inline void table_add(
     Table *c, const uint8_t *p, size_t n, const uint8_t *limit, int64_t by) {
     Pending k;
+    c->limit = limit; /* the same for every domain of one add() or merge() */
     k.by = by;
     k.p = p;
     k.n = n;
@@ -290,15 +322,12 @@ static inline void table_add(
         k.w1 = low_bytes(k.w1, n - 8);
     }
     k.h = hash_key(p, n, k.w0, k.w1, c->seed);
+    k.at = k.mask = 0; /* no search yet (a table has 1024 slots or more) */
     if (c->mask < SMALL_TABLE && !c->pending) { /* in the caches: no need for the steps */
         if (insert(c, &k) < 0) c->nomem = 1;
         return;
     }
-    PREFETCH(&c->slots[(uint32_t)k.h & c->mask]);
-    c->ring[c->head % RING] = k;
-    c->head++;
-    c->pending++;
-    step(c);
+    ring_add(c, &k);
 }
 
 /* The counts as the buffers of Arrow columns, in the order first met: the domains' bytes
@@ -312,7 +341,7 @@ typedef struct {
 
 static int table_columns(const Table *c, Columns *out) {
     size_t n = c->used;
-    out->data_cap = c->key_bytes + DATA_PAD;
+    out->data_cap = c->key_bytes + SHORT_KEY;
     out->offsets_cap = (n + 1) * sizeof(int64_t);
     out->counts_cap = (n ? n : 1) * sizeof(int64_t);
     out->data = spare_or_new(out->data_cap, &out->data_cap); /* every byte read is written */
@@ -328,7 +357,11 @@ static int table_columns(const Table *c, Columns *out) {
     out->offsets[0] = 0;
     for (size_t place = 0; place < c->arena_len; e++) {
         const Record *r = (const Record *)(c->arena + place);
-        memcpy(out->data + at, r + 1, r->len);
+        if (r->len <= SHORT_KEY) { /* the next key, or the padding, is written after it */
+            memcpy(out->data + at, r + 1, SHORT_KEY);
+        } else {
+            memcpy(out->data + at, r + 1, r->len);
+        }
         at += r->len;
         out->offsets[e + 1] = (int64_t)at;
         out->counts[e] = r->count;
