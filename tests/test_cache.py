@@ -156,7 +156,6 @@ def test_another_query_misses(tmp_path: Path) -> None:
         ("--group-by", "1", "--agg", "count", "--agg", "max:2"),
         (*base, "--where", "c2 > 20"),
         (*base, "--where", "c2 > 21"),
-        (*base, "--order-by", "2:desc"),  # the whole plan keys a partial: conservative
     ]
     outputs = set()
     for query in others:
@@ -164,11 +163,17 @@ def test_another_query_misses(tmp_path: Path) -> None:
         assert other.hits == 0, query
         outputs.add(other.out)
     assert len(outputs) == len(others)  # each computed its own answer
-    query = f"SELECT c1, count(*), sum(c2) FROM '{parts}' GROUP BY c1"
-    sql = run(tmp_path, "sql", query, *cache)
-    assert sql.hits == 0 and sql.out == first.out
-    sql_again = run(tmp_path, "sql", query, *cache)
-    assert sql_again.hits == 3 and sql_again.out == first.out
+    # the order, the limit and the output names are applied after the merge: same partials
+    ordered = run(tmp_path, "run", str(parts), *base, "--order-by", "2:desc", "--limit", "2",
+                  *cache)  # fmt: skip
+    fresh = run(tmp_path, "run", str(parts), *base, "--order-by", "2:desc", "--limit", "2")
+    assert (ordered.hits, ordered.out) == (3, fresh.out) and fresh.out != first.out
+    query = f"SELECT c1 AS k, count(*), sum(c2) AS total FROM '{parts}' GROUP BY c1"
+    sql = run(tmp_path, "sql", query, *cache, "--format", "csv")
+    as_csv = run(tmp_path, "run", str(parts), *base, *cache, "--format", "csv")
+    assert (sql.hits, as_csv.hits) == (3, 3)
+    assert sql.out.splitlines()[0] == "k,count,total"
+    assert sql.out.splitlines()[1:] == as_csv.out.splitlines()[1:]
 
 
 def test_the_least_recently_used_entries_go_at_a_tiny_cache_size(tmp_path: Path) -> None:

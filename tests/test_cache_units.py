@@ -19,7 +19,9 @@ from tally.errors import ConfigError
 from tally.jobs import events as e
 from tally.jobs.scheduler import Scheduler
 from tally.protocol import QuerySpec, Task
+from tally.queries.infer import bind
 from tally.queries.plan import plan_from_flags
+from tally.queries.sql import parse_sql
 
 TOP = QuerySpec("top", k=25)
 V = "1.0"
@@ -60,6 +62,22 @@ def test_every_input_of_a_partial_changes_the_key() -> None:
     ]
     assert base not in variants and len(set(variants)) == len(variants)
     assert key() == base  # and it is stable
+
+
+def test_what_only_shapes_the_answer_leaves_the_key_as_it_is() -> None:
+    """Order, limit, output names and how columns are spelled apply after the merge."""
+    sample = b"a,1\nb,2\n"
+    base = key(plan=plan_from_flags(group_by=["1"], aggs=["count", "sum:2"], sample=sample))
+    _, sql = parse_sql("SELECT c1 AS k, count(*) AS n, sum(c2) FROM 't.csv' GROUP BY c1")
+    same = [
+        plan_from_flags(
+            group_by=["1"], aggs=["count", "sum:2"], order_by=["2:desc"], limit=1, sample=sample
+        ),
+        bind(sql, sample),
+    ]
+    assert [key(plan=p) for p in same] == [base, base]
+    other = plan_from_flags(group_by=["1"], aggs=["count", "max:2"], sample=sample)
+    assert key(plan=other) != base
 
 
 def test_a_task_without_a_version_has_no_key() -> None:
