@@ -426,7 +426,10 @@ def _work(args: argparse.Namespace) -> int:
     # nothing is held before joining: SIGTERM while importing is a clean exit (``tally worker``;
     # ``python -m tally worker`` sets this earlier); the worker's own handler takes over later
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    from tally.kernels.memory import retain_freed_memory
     from tally.worker import Worker, WorkerConfig
+
+    retain_freed_memory()
 
     config = WorkerConfig(
         host=args.host,
