@@ -82,6 +82,8 @@ class Worker:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             load_kernel(self.config.kernel)  # before joining: joined means ready
+            if "duckdb" in sys.modules:  # loaded already (a forked worker): warm it up now
+                self._warm_up()
 
             computing = threading.Thread(
                 target=self._compute_loop, args=(loop,), name="tally-compute", daemon=True
@@ -149,9 +151,7 @@ class Worker:
             conn.give_up_after(welcome.lease_s)  # a silent link breaks within the lease
             self.last_beat = time.monotonic()
             log.info("joined as worker %d", welcome.worker_id)
-            if self.warming is None:  # while the job is planned, beside any task: not in one
-                self.warming = threading.Thread(target=warm_up, name="tally-warm-up", daemon=True)
-                self.warming.start()
+            self._warm_up()  # while the job is planned, beside any task: not in one
             for message in self.outbox:
                 conn.send(message)
             self.outbox.clear()
@@ -164,6 +164,13 @@ class Worker:
             self.conn = None
             self.session += 1  # what is still queued from this session was re-queued there
             await conn.close()
+
+    def _warm_up(self) -> None:
+        """Load the engines on a thread of their own, once: after joining, so that loading
+        never delays the join, or at once when they are loaded already (only warmed)."""
+        if self.warming is None:
+            self.warming = threading.Thread(target=warm_up, name="tally-warm-up", daemon=True)
+            self.warming.start()
 
     async def _read(self, conn: Connection) -> None:
         while True:
