@@ -90,11 +90,12 @@ def _header_names(header: list[str]) -> tuple[str, ...]:
 def infer_type(values: list[str]) -> str:
     """The narrowest type every non-empty value parses as: BIGINT, DECIMAL(p,s), DOUBLE, DATE,
     else VARCHAR. Numbers with a fixed number of decimals become DECIMAL: exact sums."""
-    present = [v for v in values if v != ""]
+    present = set(values)  # each distinct value once: samples repeat many
+    present.discard("")
     if not present:
         return "VARCHAR"
     if all(_INT.fullmatch(v) for v in present) and all(
-        -(1 << 63) <= int(v) < 1 << 63 for v in present
+        len(v) < 19 or -(1 << 63) <= int(v) < 1 << 63 for v in present
     ):
         return "BIGINT"
     decimals = [_DECIMAL.fullmatch(v) for v in present]
