@@ -8,6 +8,7 @@ import itertools
 import json
 import random
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -224,6 +225,24 @@ def test_bad_rows_are_counted_never_fatal(tmp_path: Path, chunk_size: int) -> No
     )
     assert_same(rows(merger.result()), theirs)
     assert rows(merger.result())[1] == ("c", 1, Decimal("1.01"), 3)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1 << 20])
+def test_a_date_outside_the_years_1_to_9999_is_a_bad_row(chunk_size: int) -> None:
+    """PyArrow and DuckDB read the year 0 (and DuckDB the year 10000); SQL's DATE, the C
+    parser and the printed results do not: such a row is skipped and counted, whichever path
+    its chunk took."""
+    data = b"a|0000-01-01|\nb|1998-01-02|\nb|10000-01-01|\na|9999-12-31|\nb||\n"
+    plan = plan_from_flags(delimiter="|", group_by=["1"], aggs=["count", "max:2", "min:2"],
+                           schema="c2:date", sample=data)  # fmt: skip
+    partial = compute_partial(plan, io.BytesIO(data), chunk_size=chunk_size)
+    assert (partial.lines, partial.malformed) == (5, 2)
+    merger = GroupMerger(plan)
+    merger.add(partial)
+    assert rows(merger.result()) == [
+        ("a", 1, date(9999, 12, 31), date(9999, 12, 31)),
+        ("b", 2, date(1998, 1, 2), date(1998, 1, 2)),
+    ]
 
 
 TRICKY = [

@@ -49,6 +49,7 @@ from tally.queries.plan import FUNCS, Plan, plan_from_flags
 
 CHUNK_SIZE = 8 << 20  # bytes of whole lines parsed at a time (bench/groupby_speed.py)
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_FIRST_DAY, _LAST_DAY = -719162, 2932896  # 0001-01-01 and 9999-12-31, in days from 1970
 _EXACT_SUM = ("DECIMAL", "HUGEINT", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT")
 
 
@@ -287,9 +288,29 @@ class _Parser:
             self.invalid = invalid  # the rows are seen again
             table = self._read(chunk, self.as_text)
             self.rows += table.num_rows
-            return self._cast(table)
+            return self._dates_in_range(self._cast(table))
         self.rows += table.num_rows
-        return table
+        return self._dates_in_range(table)
+
+    def _dates_in_range(self, table: pa.Table) -> pa.Table:
+        """Only dates of the years 1 to 9999 (SQL's DATE, which the C parser reads, and the
+        results print): a row with another date is unparsable, counted."""
+        keep = None
+        for f in self.layout.schema:
+            if not pa.types.is_date32(f.type):
+                continue
+            days = table[f.name].cast(pa.int32())
+            low, high = pc.min_max(days).values()
+            if low.as_py() is None or (low.as_py() >= _FIRST_DAY and high.as_py() <= _LAST_DAY):
+                continue
+            inside = pc.and_(pc.greater_equal(days, _FIRST_DAY), pc.less_equal(days, _LAST_DAY))
+            inside = pc.fill_null(inside, True)
+            keep = inside if keep is None else pc.and_(keep, inside)
+        if keep is None:
+            return table
+        kept = table.filter(keep)
+        self.unparsable += table.num_rows - kept.num_rows
+        return kept
 
     def _good_rows(self, chunk: memoryview) -> memoryview:
         """The chunk's lines of the right number of fields; the others counted. Lines end as
