@@ -206,11 +206,12 @@ def test_a_result_finished_after_the_server_died_is_dropped_as_late(
     one.write_text(sample_filelist.read_text().splitlines()[0] + "\n")
     served = start_server(procs, state)
     port, http_port = served.worker_port, int(served.url.rsplit(":", 1)[1])
-    [worker] = start_workers(procs, port, 1, "--task-delay", "1.5")
+    # the attempt outlasts the kill and the restart, even on a loaded machine
+    [worker] = start_workers(procs, port, 1, "--task-delay", "4", "-v")
     with served.client() as client:
         wait_until(workers_alive(client, 1), what="the worker joined")
         job_id = client.submit(str(one), {"top": 25})
-        wait_until(lambda: client.job(job_id)["state"] == "running")
+    procs.wait_for_log(worker, f"of job {job_id}: computing")  # assigned is not enough
     served.proc.kill()
     served.proc.wait()
     restarted = start_server(procs, state, port=port, http_port=http_port)

@@ -33,6 +33,7 @@ from tally.queries.domains import load_kernel
 from tally.queries.registry import warm_up
 
 log = logging.getLogger("tally.worker")
+CANCEL_AGAIN_S = 0.05  # how soon a lost cancellation of a connecting session is repeated
 
 
 @dataclass
@@ -240,6 +241,8 @@ class Worker:
                 prefetch.discard(assign.attempt)
                 continue
             self.current = assign
+            log.debug("attempt %d of job %s: computing %s", assign.attempt, assign.job_id,
+                      assign.task.label)  # fmt: skip
             try:
                 if ahead and (following := ahead[0]) is not None and not self._cached(following[1]):
                     prefetch.start(following[1].attempt, following[1].task)
@@ -336,8 +339,8 @@ class Worker:
         log.info("SIGTERM: leaving, returning %d attempt(s)", len(returned))
         if self.conn is not None:
             self.conn.send(p.Leaving(returned))
-        elif self._session_task is not None:
-            self._session_task.cancel()  # still connecting or joining
+        elif self._session_task is not None:  # still connecting or joining
+            asyncio.get_running_loop().create_task(_cancel_until_done(self._session_task))
         self.done.set()
         asyncio.get_running_loop().create_task(self._close_after_leaving())
 
@@ -355,3 +358,12 @@ class Worker:
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(conn.drain(), 2.0)
             await conn.close()
+
+
+async def _cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel ``task``, again and again until it has stopped: asyncio.wait_for (Python 3.11)
+    drops a cancellation that arrives as the step it awaits finishes (a connection closing
+    under a handshake), and the task would go on connecting."""
+    while not task.done():
+        task.cancel()
+        await asyncio.sleep(CANCEL_AGAIN_S)
