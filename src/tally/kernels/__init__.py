@@ -6,6 +6,9 @@ and returns a :class:`DomainCounts`.
 
 from __future__ import annotations
 
+import importlib
+import os
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
@@ -14,6 +17,19 @@ if TYPE_CHECKING:
 DEFAULT_RECORD_LIMIT = 1 << 20  # 1 MiB: a longer line is malformed
 DEFAULT_CHUNK_SIZE = 2 << 20  # bytes read at a time: as fast as 8 MiB, 35 MB less per worker
 MAX_BINARY = (1 << 31) - 1  # bytes of an Arrow binary array (32-bit offsets)
+
+
+def load_extension(name: str, abi: int) -> ModuleType | None:
+    """The C extension ``tally.kernels.<name>``, or ``None`` when the extensions are switched
+    off (``TALLY_NATIVE=0``), it was not built, or it was built from another version of the C
+    file than the Python side that uses it expects (``abi``)."""
+    if os.environ.get("TALLY_NATIVE", "1") == "0":
+        return None
+    try:
+        module = importlib.import_module(f"tally.kernels.{name}")
+    except ImportError:
+        return None
+    return module if getattr(module, "ABI", None) == abi else None
 
 
 class DomainCounts:

@@ -27,13 +27,18 @@ skipped as it streams past and the line counted malformed. The buffer is therefo
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterator
 from types import ModuleType
 from typing import BinaryIO, Protocol
 
-from tally.kernels import DEFAULT_CHUNK_SIZE, DEFAULT_RECORD_LIMIT, DomainCounts, arrow_table
+from tally.kernels import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_RECORD_LIMIT,
+    DomainCounts,
+    arrow_table,
+    load_extension,
+)
 
 _ABI = 2  # the NATIVE_ABI of the _native.c this file goes with
 _PAD = 16  # room after each piece, so 8-byte loads near its end stay in the buffer
@@ -52,13 +57,7 @@ class _Tally(Protocol):
 
 def load_native() -> ModuleType | None:
     """The C extension, or ``None`` when it is switched off, missing or of another version."""
-    if os.environ.get("TALLY_NATIVE", "1") == "0":
-        return None
-    try:
-        native = importlib.import_module("tally.kernels._native")
-    except ImportError:
-        return None
-    return native if getattr(native, "ABI", None) == _ABI else None
+    return load_extension("_native", _ABI)
 
 
 _native = load_native()

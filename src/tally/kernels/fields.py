@@ -15,11 +15,11 @@ PyArrow way. :data:`IMPLEMENTATION` names the one in use.
 
 from __future__ import annotations
 
-import importlib
-import os
 from types import ModuleType
 
 import pyarrow as pa  # type: ignore[import-untyped]
+
+from tally.kernels import load_extension
 
 _ABI = 1  # the FIELDS_ABI of the _fields.c this file goes with
 _TEXT, _INT, _DECIMAL, _DATE, _DOUBLE = range(5)
@@ -28,13 +28,7 @@ _MAX_DIGITS = 18  # decimals are read into 64 bits: at most 18 digits, else the 
 
 def load_native() -> ModuleType | None:
     """The C extension, or ``None`` when it is switched off, missing or of another version."""
-    if os.environ.get("TALLY_NATIVE", "1") == "0":
-        return None
-    try:
-        native = importlib.import_module("tally.kernels._fields")
-    except ImportError:
-        return None
-    return native if getattr(native, "ABI", None) == _ABI else None
+    return load_extension("_fields", _ABI)
 
 
 _native = load_native()
