@@ -28,23 +28,23 @@ def digest(*names: str) -> str:
 
 FLAGS = [] if os.name == "nt" else ["-O3"]
 
+
+def extension(name: str, source: str, headers: list[str]) -> Extension:
+    """``tally.kernels.<name>``, which knows the digest of the sources it was built from."""
+    macro = f"{name.lstrip('_').upper()}_SOURCE"
+    return Extension(
+        f"tally.kernels.{name}",
+        sources=[source],
+        depends=headers,
+        define_macros=[(macro, f'"{digest(source, *headers)}"')],
+        extra_compile_args=FLAGS,
+        optional=True,
+    )
+
+
 setup(
     ext_modules=[
-        Extension(
-            "tally.kernels._native",
-            sources=[SOURCE],
-            depends=HEADERS,
-            define_macros=[("NATIVE_SOURCE", f'"{digest(SOURCE, *HEADERS)}"')],
-            extra_compile_args=FLAGS,
-            optional=True,
-        ),
-        Extension(
-            "tally.kernels._fields",
-            sources=[FIELDS],
-            depends=FIELDS_HEADERS,
-            define_macros=[("FIELDS_SOURCE", f'"{digest(FIELDS, *FIELDS_HEADERS)}"')],
-            extra_compile_args=FLAGS,
-            optional=True,
-        ),
+        extension("_native", SOURCE, HEADERS),
+        extension("_fields", FIELDS, FIELDS_HEADERS),
     ]
 )

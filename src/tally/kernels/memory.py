@@ -25,10 +25,10 @@ def retain_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-        gnu = libc.gnu_get_libc_version  # glibc only: its parameters are these
     except (OSError, AttributeError):
         return False
-    del gnu
+    if not hasattr(libc, "gnu_get_libc_version"):  # the parameters below are glibc's
+        return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
